@@ -1,0 +1,59 @@
+"""Every error a user of tinyinfer can cause, in one place.
+
+All of them derive from :class:`TinyInferError`, so ``except ti.TinyInferError`` catches
+anything the engine raises on purpose. The messages name the node, the op and what was
+expected, because "KeyError: 'x'" tells a user nothing about which of 200 nodes is wrong.
+"""
+
+from __future__ import annotations
+
+
+class TinyInferError(Exception):
+    """Base class of every error tinyinfer raises on purpose."""
+
+
+class ModelLoadError(TinyInferError):
+    """The file or bytes are not a model tinyinfer can read (malformed, truncated, unsafe)."""
+
+
+class UnsupportedOpError(TinyInferError):
+    """An operator (or an opset version of it) that tinyinfer does not implement."""
+
+
+class InvalidAttributeError(TinyInferError):
+    """A node attribute is missing, has the wrong type, or holds a value the spec forbids."""
+
+
+class InvalidGraphError(TinyInferError):
+    """The graph breaks a structural rule: undefined input, two producers, a cycle, ..."""
+
+
+class ShapeInferenceError(TinyInferError):
+    """Input shapes or types do not fit what an operator accepts."""
+
+
+class InvalidFeedError(TinyInferError):
+    """The feeds given to ``InferenceSession.run`` do not match the model's inputs."""
+
+
+class FeedNameError(InvalidFeedError):
+    """A required input is missing, or a feed names no input of the model."""
+
+
+class FeedTypeError(InvalidFeedError):
+    """A feed has a different element type from the one the model declares."""
+
+
+class FeedShapeError(InvalidFeedError):
+    """A feed has the wrong rank, or a static dimension differs from the declared one."""
+
+
+class ExecutionError(TinyInferError):
+    """An operator failed while running; the message names the node that failed."""
+
+
+def node_label(node) -> str:
+    """How errors refer to a node: ``Conv 'conv1' (domain ai.onnx)``."""
+    domain = node.domain or "ai.onnx"
+    name = f" '{node.name}'" if node.name else f" producing {list(node.outputs)}"
+    return f"{node.op_type}{name} (domain {domain})"

@@ -1,0 +1,59 @@
+"""tinyinfer IR -> ONNX.
+
+Writes a :class:`ir.Graph` back as an ``onnx.ModelProto`` that ``onnx.checker`` accepts and
+ONNX Runtime runs. Every attribute the node holds is written out explicitly (the ops filled
+in their defaults on import), so the exported file does not depend on which defaults a reader
+assumes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..ir import Graph, Node, Value, dtypes
+
+#: The newest IR version ONNX Runtime of the supported range reads; older models keep theirs.
+DEFAULT_IR_VERSION = 10
+
+
+def to_onnx(graph: Graph, *, producer: str = "tinyinfer") -> onnx.ModelProto:
+    """Export a graph as an ONNX model."""
+    nodes = [_node_proto(node) for node in graph.nodes]
+    initializers = [numpy_helper.from_array(np.asarray(array), name) for name, array in graph.initializers.items()]
+    inputs = [_value_info(v, graph) for v in graph.inputs]
+    outputs = [_value_info(v, graph) for v in graph.outputs]
+    value_info = [_value_info(v, graph) for name, v in graph.value_info.items() if v.dtype is not None]
+    proto = helper.make_graph(nodes, graph.name, inputs, outputs, initializers, value_info=value_info)
+    opsets = [helper.make_opsetid(domain, version) for domain, version in sorted(graph.opset.items())]
+    ir_version = graph.metadata.get("ir_version") or DEFAULT_IR_VERSION
+    model = helper.make_model(proto, opset_imports=opsets, producer_name=producer, ir_version=ir_version)
+    for key, value in graph.metadata.get("metadata_props", {}).items():
+        helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, key: value})
+    return model
+
+
+def save_onnx(graph: Graph, path) -> None:
+    onnx.save(to_onnx(graph), str(path))
+
+
+def _node_proto(node: Node) -> onnx.NodeProto:
+    attrs = {}
+    for name, value in node.attrs.items():
+        if value is None or (isinstance(value, list) and not value):
+            continue  # absent, or an empty list whose element type ONNX cannot tell
+        attrs[name] = numpy_helper.from_array(value) if isinstance(value, np.ndarray) else value
+    proto = helper.make_node(node.op_type, node.inputs, node.outputs, name=node.name or None, domain=node.domain or None)
+    for name, value in attrs.items():
+        proto.attribute.append(helper.make_attribute(name, value))
+    return proto
+
+
+def _value_info(value: Value, graph: Graph) -> onnx.ValueInfoProto:
+    dtype = value.dtype
+    if dtype is None and value.name in graph.initializers:
+        dtype = graph.initializers[value.name].dtype
+    elem = dtypes.to_onnx(dtype) if dtype is not None else onnx.TensorProto.UNDEFINED
+    shape = None if value.shape is None else [d if d is not None else None for d in value.shape]
+    return helper.make_tensor_value_info(value.name, elem, shape)

@@ -1,0 +1,164 @@
+"""Compile a graph into a Plan: the list of bound steps a run walks, nothing else.
+
+Compiling happens once per set of input shapes. It infers every tensor's shape, computes
+the nodes whose inputs are all constant right away, gives every remaining tensor a slot in
+a flat list, and records after which step each slot can be released. A run then only
+fills the input slots, calls the steps in order and reads the output slots: no dictionary
+look-ups, no shape inference, no graph walking.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+import numpy as np
+
+from .. import ops
+from ..errors import ExecutionError, TinyInferError, node_label
+from ..ir import Graph, Node, Value
+from .profiler import NodeRecord
+
+
+@dataclasses.dataclass
+class Step:
+    """One node, bound: the function to call and where its inputs and outputs live."""
+
+    node: Node
+    fn: Callable
+    inputs: tuple[int, ...]  # slot indices; -1 for an omitted optional input
+    outputs: tuple[int, ...]
+    release: tuple[int, ...]  # slots no later step (or output) reads
+    record: NodeRecord
+    expected: tuple[Value, ...]  # inferred output types, for check_shapes
+
+
+@dataclasses.dataclass
+class Plan:
+    steps: list[Step]
+    slots: list  # template: constants filled in, everything else None
+    input_slots: list[int]
+    output_slots: dict[str, int]
+    values: dict[str, Value]
+
+    def execute(self, feeds: list[np.ndarray], wanted: list[str], *, check_shapes: bool = False) -> list[np.ndarray]:
+        slots = list(self.slots)
+        for index, array in zip(self.input_slots, feeds):
+            slots[index] = array
+        clock = time.perf_counter_ns
+        for step in self.steps:
+            args = [slots[i] if i >= 0 else None for i in step.inputs]
+            start = clock()
+            try:
+                results = step.fn(step.node, *args)
+            except TinyInferError:
+                raise
+            except Exception as exc:
+                raise ExecutionError(
+                    f"{node_label(step.node)} failed on inputs "
+                    f"{[None if a is None else (a.dtype.name, a.shape) for a in args]}: {type(exc).__name__}: {exc}"
+                ) from exc
+            step.record.total_ns += clock() - start
+            step.record.calls += 1
+            if isinstance(results, np.ndarray) or not isinstance(results, (list, tuple)):
+                results = (results,)
+            if len(results) < len(step.outputs):
+                raise ExecutionError(f"{node_label(step.node)} returned {len(results)} outputs, expected {len(step.outputs)}")
+            for index, result in zip(step.outputs, results):
+                if index >= 0:
+                    slots[index] = np.asarray(result)
+            if check_shapes:
+                _check(step, results)
+            for index in step.release:
+                slots[index] = None
+        return [slots[self.output_slots[name]] for name in wanted]
+
+
+def compile_plan(graph: Graph, input_values: dict[str, Value], kernel_for: Callable | None = None) -> Plan:
+    """Build the plan for concrete input types ``input_values`` (name -> Value)."""
+    values = ops.infer_shapes(graph, input_values)
+    slot_of: dict[str, int] = {}
+    template: list = []
+
+    def slot(name: str) -> int:
+        if name not in slot_of:
+            slot_of[name] = len(template)
+            template.append(None)
+        return slot_of[name]
+
+    input_slots = [slot(v.name) for v in graph.inputs]
+    fed = set(graph.input_names)
+    steps: list[Step] = []
+    for node in graph.topological_order():
+        outs = [values[name] for name in node.outputs if name]
+        if all(v.const is not None for v in outs) and node.outputs:
+            for v in outs:
+                template[slot(v.name)] = v.const  # folded while planning
+            continue
+        fn = ops.get_op(node).reference if kernel_for is None else kernel_for(node, values)
+        record = NodeRecord(
+            name=node.name,
+            op_type=node.op_type,
+            kernel=getattr(fn, "kernel_name", "reference"),
+            input_shapes=[values[n].shape if n else None for n in node.inputs],
+            output_shapes=[values[n].shape for n in node.outputs if n],
+        )
+        steps.append(
+            Step(
+                node=node,
+                fn=fn,
+                inputs=tuple(slot(n) if n else -1 for n in node.inputs),
+                outputs=tuple(slot(n) if n else -1 for n in node.outputs),
+                release=(),
+                record=record,
+                expected=tuple(values[n] for n in node.outputs if n),
+            )
+        )
+        for name in node.present_inputs:
+            if name in graph.initializers and template[slot(name)] is None:
+                template[slot(name)] = graph.initializers[name]
+            elif name in values and values[name].const is not None and name not in fed and template[slot(name)] is None:
+                template[slot(name)] = values[name].const
+    output_slots = {}
+    for value in graph.outputs:
+        index = slot(value.name)
+        output_slots[value.name] = index
+        if template[index] is None and value.name in values and values[value.name].const is not None and value.name not in fed:
+            template[index] = values[value.name].const
+    _plan_releases(steps, set(output_slots.values()) | set(input_slots), template)
+    return Plan(steps, template, input_slots, output_slots, values)
+
+
+def _plan_releases(steps: list[Step], keep: set[int], template: list) -> None:
+    """After the last step that reads a slot, drop the reference so memory is freed early."""
+    last_use: dict[int, int] = {}
+    for position, step in enumerate(steps):
+        for index in (*step.inputs, *step.outputs):
+            if index >= 0:
+                last_use[index] = position
+    releases: dict[int, list[int]] = {}
+    for index, position in last_use.items():
+        if index in keep or template[index] is not None:  # constants live as long as the plan
+            continue
+        releases.setdefault(position, []).append(index)
+    for position, step in enumerate(steps):
+        step.release = tuple(releases.get(position, ()))
+
+
+def _check(step: Step, results) -> None:
+    for value, result in zip(step.expected, results):
+        array = np.asarray(result)
+        if value.dtype is not None and array.dtype != value.dtype:
+            raise ExecutionError(
+                f"{node_label(step.node)}: output '{value.name}' has dtype {array.dtype}, inference said {value.dtype}"
+            )
+        if value.shape is not None:
+            ok = len(value.shape) == array.ndim and all(
+                not isinstance(d, int) or d == n for d, n in zip(value.shape, array.shape)
+            )
+            if not ok:
+                raise ExecutionError(
+                    f"{node_label(step.node)}: output '{value.name}' has shape {list(array.shape)}, "
+                    f"inference said {list(value.shape)}"
+                )

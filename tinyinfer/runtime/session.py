@@ -1,0 +1,193 @@
+"""InferenceSession: the API of ``onnxruntime.InferenceSession``, on tinyinfer's engine.
+
+    sess = InferenceSession("model.onnx")
+    sess.get_inputs()[0].name, .shape, .type
+    outputs = sess.run(None, {"x": x})
+    print(sess.profile())
+
+A session owns one prepared :class:`~tinyinfer.ir.Graph` and a cache of compiled
+:class:`~tinyinfer.runtime.plan.Plan` s, one per set of input shapes: the first run with new
+shapes plans (shape inference, constant computation, slot assignment), every later run with
+the same shapes only executes the plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .. import ops
+from ..errors import FeedNameError, FeedShapeError, FeedTypeError, TinyInferError
+from ..ir import Graph, Value, dtypes
+from .plan import Plan, compile_plan
+from .profiler import Profile
+
+BACKENDS = ("reference",)
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeArg:
+    """Name, shape and type of a model input or output, as ``onnxruntime.NodeArg`` has them."""
+
+    name: str
+    shape: list  # ints for static dims, strings for symbolic ones, None where unknown
+    type: str  # e.g. "tensor(float)"
+    dtype: np.dtype | None = None
+
+
+def load(source: Any) -> Graph:
+    """Import a model (path, bytes, ``onnx.ModelProto`` or Graph) and prepare its ops."""
+    if isinstance(source, Graph):
+        return ops.prepare_graph(source)
+    from ..frontend import safe_load  # the runtime sits above the frontend
+
+    graph = safe_load(source)
+    return ops.prepare_graph(graph)
+
+
+class InferenceSession:
+    """Run a model. ``model`` is a path, serialized bytes, an ``onnx.ModelProto`` or a Graph.
+
+    ``backend="reference"`` runs every node with its plain NumPy reference op.
+    ``check_shapes=True`` checks every node's result against the inferred dtype and shape
+    (slower; the conformance tests use it to test shape inference).
+    """
+
+    def __init__(self, model: Any, *, backend: str = "reference", check_shapes: bool = False, **options: Any):
+        if backend not in BACKENDS:
+            raise TinyInferError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+        if options.get("providers") is not None or options.get("sess_options") is not None:
+            options.pop("providers", None)
+            options.pop("sess_options", None)
+        if options:
+            raise TinyInferError(f"unknown session option(s): {sorted(options)}")
+        self.graph = load(model)
+        self.backend = backend
+        self.check_shapes = check_shapes
+        self._plans: dict[tuple, Plan] = {}
+        self._runs = 0
+        self._run_ns = 0
+        self._inputs = [_node_arg(v) for v in self.graph.inputs]
+        self._outputs = [_node_arg(v) for v in self.graph.outputs]
+        self._model_path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+
+    # ------------------------------------------------------------------ metadata
+    def get_inputs(self) -> list[NodeArg]:
+        return list(self._inputs)
+
+    def get_outputs(self) -> list[NodeArg]:
+        return list(self._outputs)
+
+    def get_providers(self) -> list[str]:
+        return [self.backend]
+
+    # ------------------------------------------------------------------ running
+    def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any], run_options: Any = None) -> list[np.ndarray]:
+        """Compute the named outputs (all of them for ``None``) from the feeds."""
+        arrays = self._check_feeds(input_feed)
+        wanted = list(output_names) if output_names else self.graph.output_names
+        known = set(self.graph.output_names)
+        unknown = [name for name in wanted if name not in known]
+        if unknown:
+            raise FeedNameError(f"requested output(s) {unknown} are not outputs of the model; outputs are {sorted(known)}")
+        key = tuple((a.dtype.str, a.shape) for a in arrays)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plan(arrays)
+            self._plans[key] = plan
+        start = time.perf_counter_ns()
+        results = plan.execute(arrays, wanted, check_shapes=self.check_shapes)
+        self._run_ns += time.perf_counter_ns() - start
+        self._runs += 1
+        # Outputs that are weights or feeds are copied: a caller writing to a result must not
+        # change the model or its own input.
+        return [np.array(r, copy=True) if _shares(r, arrays, plan) else r for r in results]
+
+    def plan_for(self, feeds: Mapping[str, Any]) -> Plan:
+        """The compiled plan the given feeds run with (compiled now if new)."""
+        arrays = self._check_feeds(feeds)
+        key = tuple((a.dtype.str, a.shape) for a in arrays)
+        if key not in self._plans:
+            self._plans[key] = self._plan(arrays)
+        return self._plans[key]
+
+    def profile(self) -> Profile:
+        """Per-node time, op and shapes, summed over every run so far (all plans)."""
+        records = [step.record for plan in self._plans.values() for step in plan.steps]
+        return Profile(records=records, runs=self._runs, run_ns=self._run_ns)
+
+    def _plan(self, arrays: list[np.ndarray]) -> Plan:
+        given = {v.name: Value(v.name, a.dtype, a.shape) for v, a in zip(self.graph.inputs, arrays)}
+        return compile_plan(self.graph, given)
+
+    def _check_feeds(self, feeds: Mapping[str, Any]) -> list[np.ndarray]:
+        if not isinstance(feeds, Mapping):
+            raise FeedNameError(f"feeds must be a dict of input name -> array, got {type(feeds).__name__}")
+        names = self.graph.input_names
+        missing = [n for n in names if n not in feeds]
+        extra = [n for n in feeds if n not in names]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing feed(s) {missing}")
+            if extra:
+                parts.append(f"unexpected feed(s) {extra}")
+            raise FeedNameError(f"{' and '.join(parts)}; the model's inputs are {names}")
+        arrays = []
+        bound: dict[str, tuple[str, int]] = {}
+        for value in self.graph.inputs:
+            array = feeds[value.name]
+            if not isinstance(array, np.ndarray):
+                array = np.asarray(array)
+            if value.dtype is not None and array.dtype != value.dtype:
+                raise FeedTypeError(
+                    f"input '{value.name}' expects {dtypes.type_name(value.dtype)}, got "
+                    f"{dtypes.type_name(array.dtype) if array.dtype.kind not in 'OUS' else 'tensor(string)'} "
+                    f"(numpy {array.dtype}); convert with .astype(np.{value.dtype.name})"
+                )
+            if value.shape is not None:
+                if array.ndim != len(value.shape):
+                    raise FeedShapeError(
+                        f"input '{value.name}' expects rank {len(value.shape)} {_dims(value.shape)}, "
+                        f"got rank {array.ndim} {list(array.shape)}"
+                    )
+                for axis, (dim, size) in enumerate(zip(value.shape, array.shape)):
+                    if isinstance(dim, int) and dim != size:
+                        raise FeedShapeError(
+                            f"input '{value.name}' expects {_dims(value.shape)}, got {list(array.shape)} "
+                            f"(dimension {axis} must be {dim})"
+                        )
+                    if isinstance(dim, str):
+                        if dim in bound and bound[dim][1] != size:
+                            other, was = bound[dim]
+                            raise FeedShapeError(
+                                f"input '{value.name}' dimension {axis} ('{dim}') is {size}, but '{dim}' "
+                                f"is {was} in input '{other}'"
+                            )
+                        bound.setdefault(dim, (value.name, size))
+            arrays.append(array)
+        return arrays
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{a.name}: {a.type}{a.shape}" for a in self._inputs)
+        outs = ", ".join(f"{a.name}: {a.type}{a.shape}" for a in self._outputs)
+        return f"InferenceSession({self.backend}; inputs {ins}; outputs {outs})"
+
+
+def _node_arg(value: Value) -> NodeArg:
+    shape = [] if value.shape is None else [d for d in value.shape]
+    return NodeArg(value.name, shape, dtypes.type_name(value.dtype) if value.dtype is not None else "tensor(unknown)", value.dtype)
+
+
+def _dims(shape) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _shares(result: np.ndarray, feeds: list[np.ndarray], plan: Plan) -> bool:
+    if any(result is c for c in plan.slots if c is not None):
+        return True
+    return any(np.shares_memory(result, f) for f in feeds if f.size and result.size)
