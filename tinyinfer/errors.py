@@ -53,7 +53,13 @@ class ExecutionError(TinyInferError):
 
 
 def node_label(node) -> str:
-    """How errors refer to a node: ``Conv 'conv1' (domain ai.onnx)``."""
+    """How errors refer to a node: ``Conv 'conv1' (domain ai.onnx, opset 13)``.
+
+    The opset is named once the node knows it (the frontend sets ``node.version``), since
+    "no operator X" and "attribute Y is wrong" often depend on which version a model imports.
+    """
     domain = node.domain or "ai.onnx"
     name = f" '{node.name}'" if node.name else f" producing {list(node.outputs)}"
-    return f"{node.op_type}{name} (domain {domain})"
+    version = getattr(node, "version", 0)
+    opset = f", opset {version}" if version else ""
+    return f"{node.op_type}{name} (domain {domain}{opset})"

@@ -27,7 +27,9 @@ def to_onnx(graph: Graph, *, producer: str = "tinyinfer") -> onnx.ModelProto:
     value_info = [_value_info(v, graph) for name, v in graph.value_info.items() if v.dtype is not None]
     proto = helper.make_graph(nodes, graph.name, inputs, outputs, initializers, value_info=value_info)
     opsets = [helper.make_opsetid(domain, version) for domain, version in sorted(graph.opset.items())]
-    ir_version = graph.metadata.get("ir_version") or DEFAULT_IR_VERSION
+    # Before IR version 4 every initializer also had to be a graph input; the IR keeps them
+    # apart, so older models are written as IR 4 (which still reads their opsets).
+    ir_version = max(graph.metadata.get("ir_version") or DEFAULT_IR_VERSION, 4)
     model = helper.make_model(proto, opset_imports=opsets, producer_name=producer, ir_version=ir_version)
     for key, value in graph.metadata.get("metadata_props", {}).items():
         helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, key: value})

@@ -37,6 +37,11 @@ _ONNX_TYPES: dict[int, tuple[np.dtype, str]] = {
     21: (np.dtype(ml_dtypes.uint4), "uint4"),
     22: (np.dtype(ml_dtypes.int4), "int4"),
     23: (np.dtype(ml_dtypes.float4_e2m1fn), "float4e2m1"),
+    24: (np.dtype(ml_dtypes.float8_e8m0fnu), "float8e8m0"),
+    25: (np.dtype(ml_dtypes.uint2), "uint2"),
+    26: (np.dtype(ml_dtypes.int2), "int2"),
+    27: (np.dtype(ml_dtypes.float6_e2m3fn), "float6e2m3"),
+    28: (np.dtype(ml_dtypes.float6_e3m2fn), "float6e3m2"),
 }
 
 _FROM_NUMPY: dict[np.dtype, int] = {dtype: code for code, (dtype, _) in _ONNX_TYPES.items()}

@@ -42,7 +42,9 @@ class Value:
         if self.dtype is not None:
             self.dtype = np.dtype(self.dtype)
         if self.shape is not None:
-            self.shape = tuple(self.shape)
+            # NumPy integers (from an array's contents) become ints, so that every
+            # ``isinstance(dim, int)`` test treats them as the known dims they are.
+            self.shape = tuple(int(d) if isinstance(d, np.integer) else d for d in self.shape)
 
     @property
     def rank(self) -> int | None:
@@ -184,8 +186,8 @@ class Graph:
                 if waiting[id(user)] == 0:
                     heapq.heappush(ready, (index[id(user)], user))
         if len(order) != len(self.nodes):
-            stuck = [str(n) for n in self.nodes if waiting[id(n)] > 0]
-            raise InvalidGraphError(f"graph '{self.name}' has a cycle through: {', '.join(stuck[:8])}")
+            stuck = _on_cycles([n for n in self.nodes if waiting[id(n)] > 0], users)
+            raise InvalidGraphError(f"graph '{self.name}' has a cycle through: {', '.join(map(str, stuck[:8]))}")
         return order
 
     def sort(self) -> "Graph":
@@ -203,6 +205,8 @@ class Graph:
         """
         defined: dict[str, str] = {}
         for value in self.inputs:
+            if value.name in defined:
+                raise InvalidGraphError(f"graph input '{value.name}' is declared twice")
             defined[value.name] = "graph input"
         for name in self.initializers:
             defined.setdefault(name, "initializer")
@@ -279,6 +283,23 @@ class Graph:
         while f"{stem}_{i}" in taken:
             i += 1
         return f"{stem}_{i}"
+
+
+def _on_cycles(stuck: list[Node], users: dict[int, list[Node]]) -> list[Node]:
+    """The nodes Kahn's algorithm could not order, minus those merely downstream of a cycle.
+
+    Repeatedly drop a node none of whose users is left: what remains lies on a cycle (or on a
+    path from one cycle to another), which is what an error message should name.
+    """
+    left = {id(n) for n in stuck}
+    changed = True
+    while changed:
+        changed = False
+        for node in stuck:
+            if id(node) in left and not any(id(u) in left for u in users[id(node)]):
+                left.discard(id(node))
+                changed = True
+    return [n for n in stuck if id(n) in left]
 
 
 def _short(value: Any) -> str:

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from .. import ops
-from ..errors import ExecutionError, TinyInferError, node_label
+from ..errors import ExecutionError, ShapeInferenceError, TinyInferError, node_label
 from ..ir import Graph, Node, Value
 from .profiler import NodeRecord
 
@@ -91,6 +91,12 @@ def compile_plan(graph: Graph, input_values: dict[str, Value], kernel_for: Calla
     fed = set(graph.input_names)
     steps: list[Step] = []
     for node in graph.topological_order():
+        missing = [name for name in node.outputs if name and name not in values]
+        if missing:
+            raise ShapeInferenceError(
+                f"{node_label(node)} declares {len(node.outputs)} outputs {node.outputs}, but the op "
+                f"produces no value for {missing}"
+            )
         outs = [values[name] for name in node.outputs if name]
         if all(v.const is not None for v in outs) and node.outputs:
             for v in outs:

@@ -142,11 +142,16 @@ class InferenceSession:
         for value in self.graph.inputs:
             array = feeds[value.name]
             if not isinstance(array, np.ndarray):
-                array = np.asarray(array)
+                try:
+                    array = np.asarray(array)
+                except (ValueError, TypeError) as exc:  # ragged nested lists, odd objects
+                    raise FeedTypeError(
+                        f"input '{value.name}' expects {_type(value.dtype)}; the feed (a "
+                        f"{type(array).__name__}) is not convertible to an array: {exc}"
+                    ) from None
             if value.dtype is not None and array.dtype != value.dtype:
                 raise FeedTypeError(
-                    f"input '{value.name}' expects {dtypes.type_name(value.dtype)}, got "
-                    f"{dtypes.type_name(array.dtype) if array.dtype.kind not in 'OUS' else 'tensor(string)'} "
+                    f"input '{value.name}' expects {_type(value.dtype)}, got {_type(array.dtype)} "
                     f"(numpy {array.dtype}); convert with .astype(np.{value.dtype.name})"
                 )
             if value.shape is not None:
@@ -183,11 +188,23 @@ def _node_arg(value: Value) -> NodeArg:
     return NodeArg(value.name, shape, dtypes.type_name(value.dtype) if value.dtype is not None else "tensor(unknown)", value.dtype)
 
 
+def _type(dtype) -> str:
+    """ONNX Runtime's spelling of a dtype, or NumPy's for one ONNX has no name for."""
+    try:
+        return dtypes.type_name(dtype)
+    except KeyError:
+        return "a type ONNX has no name for"
+
+
 def _dims(shape) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
 def _shares(result: np.ndarray, feeds: list[np.ndarray], plan: Plan) -> bool:
+    """Whether a result is, or views, a constant of the plan (a weight) or a feed."""
     if any(result is c for c in plan.slots if c is not None):
         return True
-    return any(np.shares_memory(result, f) for f in feeds if f.size and result.size)
+    if not result.size:
+        return False
+    constants = [c for c in plan.slots if isinstance(c, np.ndarray) and c.size]
+    return any(np.may_share_memory(result, a) for a in (*constants, *feeds) if a.size)
