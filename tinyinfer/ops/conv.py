@@ -72,9 +72,8 @@ class Conv(Op):
         if isinstance(channels, int) and channels % group:
             raise fail(node, f"W has {channels} output channels, which is not a multiple of group={group}")
         if bias is not None and bias.shape is not None:
-            wrong_size = isinstance(channels, int) and isinstance(bias.shape[-1:] or None, tuple) \
-                and isinstance(bias.shape[0], int) and bias.shape[0] != channels
-            if len(bias.shape) != 1 or wrong_size:
+            size = bias.shape[0] if len(bias.shape) == 1 else None
+            if len(bias.shape) != 1 or (isinstance(size, int) and isinstance(channels, int) and size != channels):
                 raise fail(node, f"bias B must have shape [{channels}] (one value per output channel), "
                                  f"got {list(bias.shape)}")
         if x.shape is None:

@@ -1,0 +1,67 @@
+"""``make demo``: tinyinfer end to end on real architectures, offline.
+
+Loads two of the light models that ship inside the onnx wheel (SqueezeNet and ResNet-50) with
+re-drawn weights, prints what they are, runs them, checks the result against ONNX's own
+reference evaluator (``onnx.reference``, an independent implementation), and shows where the
+time goes. Everything needed comes with tinyinfer's three runtime dependencies.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import InferenceSession, load
+from .models import count_flops, load_light_model
+from .runtime.feeds import random_feeds
+
+
+def demo_model(name: str, check_with_onnx_reference: bool) -> None:
+    print(f"=== {name} " + "=" * (60 - len(name)))
+    t0 = time.perf_counter()
+    model = load_light_model(name)
+    graph = load(model)
+    print(f"loaded in {time.perf_counter() - t0:.2f} s: {len(graph.nodes)} nodes, "
+          f"{graph.parameter_count() / 1e6:.2f} M parameters, "
+          f"{sum(c.macs for c in count_flops(graph)) / 1e9:.2f} G MACs per image")
+    session = InferenceSession(graph)
+    feeds = random_feeds(session.get_inputs(), seed=0)
+    (name_in, x), = feeds.items()
+    print(f"input '{name_in}' {list(x.shape)} {x.dtype}")
+    t0 = time.perf_counter()
+    (probs,) = session.run(None, feeds)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    runs = 3
+    for _ in range(runs):
+        session.run(None, feeds)
+    steady = (time.perf_counter() - t0) / runs
+    top = np.argsort(probs.reshape(-1))[::-1][:3]
+    print(f"output {list(probs.shape)}: top-3 classes {top.tolist()}, "
+          f"p = {[round(float(probs.reshape(-1)[i]), 4) for i in top]}")
+    print(f"first run (plans the graph) {first * 1e3:.1f} ms, then {steady * 1e3:.1f} ms per run")
+    if check_with_onnx_reference:
+        from onnx.reference import ReferenceEvaluator
+
+        t0 = time.perf_counter()
+        (expected,) = ReferenceEvaluator(model).run(None, feeds)
+        reference_s = time.perf_counter() - t0
+        np.testing.assert_allclose(probs, expected, rtol=1e-3, atol=1e-5)
+        print(f"matches onnx.reference (rtol 1e-3, atol 1e-5; max |diff| "
+              f"{float(np.abs(probs - expected).max()):.1e}); onnx.reference took {reference_s * 1e3:.0f} ms")
+    print("time per op type (ms per run):",
+          ", ".join(f"{op} {ms:.1f}" for op, ms in list(session.profile().by_op().items())[:5]))
+    print()
+
+
+def main() -> int:
+    print("tinyinfer demo: ONNX models in, NumPy reference ops, checked against onnx.reference\n")
+    demo_model("squeezenet", check_with_onnx_reference=True)
+    demo_model("resnet50", check_with_onnx_reference=True)
+    print("next: `make test` runs the tests, the ONNX conformance suite and the book's notebooks")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
