@@ -296,9 +296,9 @@ def model_integers():
 def model_small_cnn():
     # Conv -> Relu -> MaxPool -> Flatten -> Gemm -> Softmax: a whole (tiny) classifier.
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((4, 2, 3, 3)).astype(np.float32) * np.sqrt(2 / 18)
-    b = rng.standard_normal(4).astype(np.float32) * 0.1
-    fc = rng.standard_normal((3, 4 * 3 * 3)).astype(np.float32) * np.sqrt(2 / 36)
+    w = (rng.standard_normal((4, 2, 3, 3)) * np.sqrt(2 / 18)).astype(np.float32)  # He scale
+    b = (rng.standard_normal(4) * 0.1).astype(np.float32)
+    fc = (rng.standard_normal((3, 4 * 3 * 3)) * np.sqrt(2 / 36)).astype(np.float32)
     fb = np.zeros(3, np.float32)
     weights = [numpy_helper.from_array(a, n) for a, n in ((w, "w"), (b, "b"), (fc, "fc"), (fb, "fb"))]
     nodes = [

@@ -76,11 +76,11 @@ def graph_from_model(model: onnx.ModelProto, base_dir: Path | None = None) -> Gr
         raise ModelLoadError("ModelProto has no IR version or no graph")
     opset = {}
     for entry in model.opset_import:
-        opset[_domain(entry.domain)] = int(entry.version)
+        opset[_domain(_text(entry.domain, "opset domain"))] = int(entry.version)
     if "" not in opset and model.ir_version < 3:
         opset[""] = 1
     g = model.graph
-    graph = Graph(name=g.name or "graph", opset=opset)
+    graph = Graph(name=_text(g.name, "graph name") or "graph", opset=opset)
     graph.metadata = {
         "ir_version": int(model.ir_version),
         "producer_name": model.producer_name,
@@ -89,7 +89,7 @@ def graph_from_model(model: onnx.ModelProto, base_dir: Path | None = None) -> Gr
         "metadata_props": {p.key: p.value for p in model.metadata_props},
     }
     for tensor in g.initializer:
-        graph.initializers[tensor.name] = tensor_to_array(tensor, base_dir)
+        graph.initializers[_text(tensor.name, "initializer name")] = tensor_to_array(tensor, base_dir)
     for sparse in g.sparse_initializer:
         raise UnsupportedOpError(f"sparse initializer '{sparse.values.name}' is not supported")
     graph.inputs = [value_from_proto(v) for v in g.input if v.name not in graph.initializers]
@@ -97,12 +97,12 @@ def graph_from_model(model: onnx.ModelProto, base_dir: Path | None = None) -> Gr
     graph.value_info = {v.name: value_from_proto(v) for v in g.value_info}
     for index, proto in enumerate(g.node):
         node = Node(
-            op_type=proto.op_type,
-            inputs=list(proto.input),
-            outputs=list(proto.output),
-            attrs={a.name: attribute_value(a, base_dir, proto) for a in proto.attribute},
-            domain=_domain(proto.domain),
-            name=proto.name or f"{proto.op_type}_{index}",
+            op_type=_text(proto.op_type, "op type"),
+            inputs=[_text(name, "tensor name") for name in proto.input],
+            outputs=[_text(name, "tensor name") for name in proto.output],
+            attrs={_text(a.name, "attribute name"): attribute_value(a, base_dir, proto) for a in proto.attribute},
+            domain=_domain(_text(proto.domain, "domain")),
+            name=_text(proto.name, "node name") or f"{proto.op_type}_{index}",
         )
         domain = node.domain
         if domain not in opset:
@@ -115,12 +115,20 @@ def graph_from_model(model: onnx.ModelProto, base_dir: Path | None = None) -> Gr
     return graph
 
 
+def _text(value: str | bytes, what: str) -> str:
+    """A string field; protobuf hands back ``bytes`` when it is not UTF-8, as only corruption makes it."""
+    if isinstance(value, bytes):
+        raise ModelLoadError(f"{what} {value!r} is not UTF-8 text; the model is corrupt")
+    return value
+
+
 def _domain(domain: str) -> str:
     return "" if domain in ("", "ai.onnx") else domain
 
 
 def value_from_proto(info: onnx.ValueInfoProto) -> Value:
     """A graph input/output/value_info entry as a :class:`Value` (symbolic dims kept)."""
+    _text(info.name, "value name")
     kind = info.type.WhichOneof("value")
     if kind is None:  # type left out: legal for intermediate values
         return Value(info.name)
@@ -172,9 +180,15 @@ def _with_external_data(tensor: onnx.TensorProto, base_dir: Path | None) -> onnx
         )
     if not target.is_file():
         raise ModelLoadError(f"tensor '{tensor.name}': external data file '{location}' not found in '{base_dir}'")
-    offset = int(info.get("offset", 0) or 0)
     size = target.stat().st_size
-    length = int(info["length"]) if info.get("length") else size - offset
+    try:
+        offset = int(info.get("offset") or 0)
+        length = int(info["length"]) if info.get("length") else size - offset
+    except ValueError:
+        raise ModelLoadError(
+            f"tensor '{tensor.name}': external data offset {info.get('offset')!r} and length "
+            f"{info.get('length')!r} must be integers"
+        ) from None
     if offset < 0 or length < 0 or offset + length > size:
         raise ModelLoadError(
             f"tensor '{tensor.name}': external data range [{offset}, {offset + length}) lies outside "

@@ -185,18 +185,23 @@ def _sign(x):
     return np.sign(x)
 
 
+def _float32(value: float) -> float:
+    """An attribute default as ONNX stores it: float attributes are float32."""
+    return float(np.float32(value))
+
+
 #: SELU's constants, from Klambauer et al. 2017, "Self-Normalizing Neural Networks", as the
 #: spec's float32 defaults.
 SELU_ALPHA = 1.67326319217681884765625
 SELU_GAMMA = 1.05070102214813232421875
 
 elementwise("Relu", _relu, since=6)
-elementwise("LeakyRelu", _leaky_relu, since=6, attributes={"alpha": 0.01})
+elementwise("LeakyRelu", _leaky_relu, since=6, attributes={"alpha": _float32(0.01)})
 elementwise("Elu", _elu, since=6, attributes={"alpha": 1.0})
 elementwise("Selu", _selu, since=6, attributes={"alpha": SELU_ALPHA, "gamma": SELU_GAMMA})
 elementwise("Celu", _celu, since=12, attributes={"alpha": 1.0})
 elementwise("Sigmoid", _sigmoid, since=6)
-elementwise("HardSigmoid", _hard_sigmoid, since=6, attributes={"alpha": 0.2, "beta": 0.5})
+elementwise("HardSigmoid", _hard_sigmoid, since=6, attributes={"alpha": _float32(0.2), "beta": 0.5})
 elementwise("HardSwish", _hard_swish, since=14)
 elementwise("Tanh", np.tanh, since=6)
 elementwise("Erf", _erf_same_dtype, since=9)

@@ -28,8 +28,10 @@ REQUIRED = object()
 #: The registry: (domain, op_type) -> Op instance. Filled by @register at import time.
 OPS: dict[tuple[str, str], "Op"] = {}
 
-#: The newest opset version of ai.onnx the reference ops follow.
-LATEST_OPSET = 23
+#: The newest opset version of ai.onnx the reference ops follow (the newest version ONNX's
+#: conformance suite in onnx 1.23 tests). A model importing a newer one is refused: an op's
+#: semantics may have changed in a version tinyinfer has not seen.
+LATEST_OPSET = 28
 
 
 class Op:
@@ -90,6 +92,11 @@ def prepare_node(node: Node, version: int) -> Op:
     as ``node.version``) so version-dependent semantics can be looked up later.
     """
     op = get_op(node)
+    if not op.domain and version > LATEST_OPSET:
+        raise UnsupportedOpError(
+            f"{node_label(node)}: the model imports ai.onnx opset {version}, newer than opset "
+            f"{LATEST_OPSET}, the newest tinyinfer implements"
+        )
     if version < op.since:
         raise UnsupportedOpError(
             f"{node_label(node)}: opset {version} is older than opset {op.since}, the oldest "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import (
+    REQUIRED,
     Op,
     bad_attribute,
     broadcast_shapes,
@@ -105,7 +106,7 @@ class BitShift(Op):
 
     op_type = "BitShift"
     since = 11
-    attributes = {"direction": None}
+    attributes = {"direction": REQUIRED}
 
     def check(self, node):
         if node.attrs["direction"] not in ("LEFT", "RIGHT"):

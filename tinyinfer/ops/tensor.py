@@ -24,7 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..ir import Node, Value, dtypes
-from ..ir.graph import Dim, Shape
+from ..ir.graph import Dim
+from ..ir.graph import Shape as Dims  # the type; `Shape` is the op below
 from .base import (
     REQUIRED,
     Op,
@@ -43,9 +44,14 @@ from .base import (
 #: Slice ends at or beyond this reach the end of any real axis ("INT_MAX" in the spec).
 _TO_THE_END = 2**31 - 1
 
+#: Slice's operands after ``data``, as inputs (opset 10+) or attributes (before).
+_SLICE_OPERANDS = ("starts", "ends", "axes", "steps")
+
 
 # ---------------------------------------------------------------------------- helpers shared with indexing.py
-def input_or_attribute(node: Node, inputs: list[Value | None], index: int, attribute: str) -> tuple[bool, list[int] | None]:
+def input_or_attribute(
+    node: Node, inputs: list[Value | None], index: int, attribute: str
+) -> tuple[bool, list[int] | None]:
     """An integer operand that is an input in newer opsets and an attribute in older ones.
 
     Returns ``(known, values)``: ``known`` is False when the input is given but its value is
@@ -72,7 +78,7 @@ def normalize_axes(node: Node, axes: Sequence[int], rank: int, what: str = "axes
     return result
 
 
-def shape_str(shape: Shape | Sequence[int] | None) -> str:
+def shape_str(shape: Dims | Sequence[int] | None) -> str:
     """``[N, 3, ?]``: a shape as error messages print it."""
     if shape is None:
         return "[?]"
@@ -101,9 +107,18 @@ def _merge_dims(node: Node, dims: Sequence[Dim], what: str) -> Dim:
 def _folded_product(dims: Sequence[Dim]) -> Dim:
     """Product of dims; a lone symbolic dim among 1s stays symbolic (Flatten of [N, 1] is N)."""
     rest = [d for d in dims if d != 1]
+    if 0 in rest:
+        return 0
     if len(rest) == 1:
         return rest[0]
     return dim_product(rest)
+
+
+def _length(value: Value) -> int | None:
+    """The static length of a 1-D input (e.g. how many axes an unknown ``axes`` holds)."""
+    if value.shape is not None and len(value.shape) == 1 and isinstance(value.shape[0], int):
+        return value.shape[0]
+    return None
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -185,7 +200,10 @@ class Split(Op):
             sizes = [None] * outputs
         else:
             sizes = self._sizes(node, data.shape[axis], sizes)
-        return [out(node, i, data.dtype, data.shape[:axis] + (size,) + data.shape[axis + 1:]) for i, size in enumerate(sizes)]
+        return [
+            out(node, i, data.dtype, data.shape[:axis] + (size,) + data.shape[axis + 1:])
+            for i, size in enumerate(sizes)
+        ]
 
     def reference(self, node, data, split=None):
         axis = normalize_axis(node, node.attrs["axis"], data.ndim)
@@ -236,7 +254,7 @@ class Slice(Op):
         if data.shape is None:
             return [like(node, 0, data)]
         rank = len(data.shape)
-        operands = [input_or_attribute(node, inputs, i, name) for i, name in enumerate(("starts", "ends", "axes", "steps"), 1)]
+        operands = [input_or_attribute(node, inputs, i, name) for i, name in enumerate(_SLICE_OPERANDS, 1)]
         if not all(known for known, _ in operands):
             # The values are only known at run time; if the axes are known, only those change.
             axes_known, axes = operands[2]
@@ -252,7 +270,7 @@ class Slice(Op):
         return [out(node, 0, data.dtype, tuple(dims))]
 
     def reference(self, node, data, *operands):
-        values = [array_or_attribute(node, operands, i, name) for i, name in enumerate(("starts", "ends", "axes", "steps"))]
+        values = [array_or_attribute(node, operands, i, name) for i, name in enumerate(_SLICE_OPERANDS)]
         index = [slice(None)] * data.ndim
         for axis, start, end, step in self._per_axis(node, data.ndim, *values):
             start, end, _ = _slice_bounds(start, end, step, data.shape[axis])
@@ -319,8 +337,8 @@ class Reshape(Op):
         data, shape = inputs
         requested = const_ints(shape)
         if requested is None:
-            rank = shape.shape[0] if shape.shape is not None and len(shape.shape) == 1 else None
-            return [out(node, 0, data.dtype, None if not isinstance(rank, int) else (None,) * rank)]
+            rank = _length(shape)
+            return [out(node, 0, data.dtype, None if rank is None else (None,) * rank)]
         if data.shape is None:
             dims = tuple(d if d > 0 or (d == 0 and node.attrs.get("allowzero")) else None for d in requested)
             return [out(node, 0, data.dtype, dims)]
@@ -328,10 +346,11 @@ class Reshape(Op):
 
     def reference(self, node, data, shape):
         requested = [int(v) for v in shape.reshape(-1)]
-        return data.reshape(reshaped_dims(node, data.shape, requested, node.attrs.get("allowzero", 0)))
+        dims = reshaped_dims(node, data.shape, requested, node.attrs.get("allowzero", 0))
+        return data.reshape([-1 if d is None else d for d in dims])  # None: -1 NumPy must resolve
 
 
-def reshaped_dims(node: Node, in_shape: Shape, requested: list[int], allowzero: int) -> Shape:
+def reshaped_dims(node: Node, in_shape: Dims, requested: list[int], allowzero: int) -> Dims:
     """The output dims of Reshape; symbolic input dims are carried where they can be."""
     dims: list[Dim] = []
     infer_at = None
@@ -343,7 +362,11 @@ def reshaped_dims(node: Node, in_shape: Shape, requested: list[int], allowzero: 
             dims.append(None)
         elif value == 0 and not allowzero:
             if i >= len(in_shape):
-                raise fail(node, f"shape {requested} copies input dim {i} (0), but the input {shape_str(in_shape)} has rank {len(in_shape)}")
+                raise fail(
+                    node,
+                    f"shape {requested} copies input dim {i} (0), but the input {shape_str(in_shape)} "
+                    f"has rank {len(in_shape)}",
+                )
             dims.append(in_shape[i])
         elif value < 0:
             raise fail(node, f"shape {requested} holds {value}; only -1 and sizes >= 0 are allowed")
@@ -415,7 +438,7 @@ class Flatten(Op):
         axis = node.attrs["axis"]
         if not -rank <= axis <= rank:
             raise fail(node, f"axis {axis} is out of range [-{rank}, {rank}] for a tensor of rank {rank}")
-        return axis % (rank + 1) if axis < 0 else axis
+        return axis + rank if axis < 0 else axis
 
 
 @register
@@ -471,8 +494,8 @@ class Squeeze(Op):
             return [like(node, 0, data, shape=None)]
         rank = len(data.shape)
         if not known:
-            count = inputs[1].shape[0] if inputs[1].shape is not None and len(inputs[1].shape) == 1 else None
-            return [out(node, 0, data.dtype, (None,) * (rank - count) if isinstance(count, int) else None)]
+            count = _length(inputs[1])
+            return [out(node, 0, data.dtype, None if count is None else (None,) * (rank - count))]
         if axes is None:
             if not all(isinstance(d, int) for d in data.shape):
                 return [out(node, 0, data.dtype, None)]  # a symbolic dim might be 1
@@ -480,7 +503,9 @@ class Squeeze(Op):
         axes = normalize_axes(node, axes, rank)
         for axis in axes:
             if isinstance(data.shape[axis], int) and data.shape[axis] != 1:
-                raise fail(node, f"cannot squeeze axis {axis} of size {data.shape[axis]} (input {shape_str(data.shape)})")
+                raise fail(
+                    node, f"cannot squeeze axis {axis} of size {data.shape[axis]} (input {shape_str(data.shape)})"
+                )
         return [out(node, 0, data.dtype, tuple(d for i, d in enumerate(data.shape) if i not in axes))]
 
     def reference(self, node, data, axes=None):
@@ -512,8 +537,8 @@ class Unsqueeze(Op):
         if data.shape is None:
             return [like(node, 0, data, shape=None)]
         if not known:
-            count = inputs[1].shape[0] if inputs[1].shape is not None and len(inputs[1].shape) == 1 else None
-            return [out(node, 0, data.dtype, (None,) * (len(data.shape) + count) if isinstance(count, int) else None)]
+            count = _length(inputs[1])
+            return [out(node, 0, data.dtype, None if count is None else (None,) * (len(data.shape) + count))]
         return [out(node, 0, data.dtype, self._unsqueezed(node, data.shape, axes))]
 
     def reference(self, node, data, axes=None):
@@ -522,7 +547,7 @@ class Unsqueeze(Op):
 
     def _unsqueezed(self, node, shape, axes):
         if axes is None:
-            raise fail(node, "needs axes")
+            raise fail(node, "needs axes (an input from opset 13, an attribute before)")
         rank = len(shape) + len(axes)
         axes = set(normalize_axes(node, axes, rank))
         dims = iter(shape)
@@ -542,8 +567,8 @@ class Expand(Op):
         data, shape = inputs
         target = const_ints(shape)
         if target is None:
-            count = shape.shape[0] if shape.shape is not None and len(shape.shape) == 1 else None
-            if not isinstance(count, int):
+            count = _length(shape)
+            if count is None:
                 return [out(node, 0, data.dtype, None)]
             target = [None] * count
         if data.shape is None:
@@ -631,11 +656,12 @@ class Pad(Op):
         return [out(node, 0, data.dtype, tuple(dims))]
 
     def reference(self, node, data, pads=None, constant_value=None, axes=None):
-        pads = array_or_attribute(node, (data, pads), 1, "pads")
-        axes = array_or_attribute(node, (data, pads, constant_value, axes), 3, "axes")
+        operands = (data, pads, constant_value, axes)
+        pad_values = array_or_attribute(node, operands, 1, "pads")
+        axes = array_or_attribute(node, operands, 3, "axes")
         widths = [(0, 0)] * data.ndim
         crop = [slice(None)] * data.ndim
-        for axis, begin, end in self._per_axis(node, data.shape, pads, axes):
+        for axis, begin, end in self._per_axis(node, data.shape, pad_values, axes):
             # Negative pads remove elements: crop first, then pad by what stays positive.
             crop[axis] = slice(max(-begin, 0), data.shape[axis] - max(-end, 0))
             widths[axis] = (max(begin, 0), max(end, 0))
@@ -764,11 +790,16 @@ class Dropout(Op):
         ratio = 0.5 if ratio is None else float(np.asarray(ratio).reshape(-1)[0])
         training = training_mode is not None and bool(np.asarray(training_mode).reshape(-1)[0])
         if not training or ratio == 0:
+            if len(node.outputs) < 2 or not node.outputs[1]:
+                return data
             return data, np.ones(data.shape, dtype=mask_dtype)
         if not 0 <= ratio < 1:
             raise fail(node, f"ratio must lie in [0, 1), got {ratio}")
         seed = node.attrs.get("seed")
-        draw = np.random.RandomState(seed).uniform(0, 1, data.shape) if seed is not None else np.random.default_rng().random(data.shape)
+        if seed is None:
+            draw = np.random.default_rng().random(data.shape)
+        else:
+            draw = np.random.RandomState(seed).uniform(0, 1, data.shape)
         keep = draw >= ratio
         scale = 1 / (1 - ratio)
         return np.where(keep, data * scale, 0).astype(data.dtype), keep.astype(mask_dtype)

@@ -31,7 +31,7 @@ class Step:
     outputs: tuple[int, ...]
     release: tuple[int, ...]  # slots no later step (or output) reads
     record: NodeRecord
-    expected: tuple[Value, ...]  # inferred output types, for check_shapes
+    expected: tuple[Value | None, ...]  # inferred output types, for check_shapes (None: omitted)
 
 
 @dataclasses.dataclass
@@ -64,7 +64,10 @@ class Plan:
             if isinstance(results, np.ndarray) or not isinstance(results, (list, tuple)):
                 results = (results,)
             if len(results) < len(step.outputs):
-                raise ExecutionError(f"{node_label(step.node)} returned {len(results)} outputs, expected {len(step.outputs)}")
+                # Trailing outputs the model leaves out ("") need no result.
+                needed = max((i + 1 for i, index in enumerate(step.outputs) if index >= 0), default=0)
+                if len(results) < needed:
+                    raise ExecutionError(f"{node_label(step.node)} returned {len(results)} outputs, expected {needed}")
             for index, result in zip(step.outputs, results):
                 if index >= 0:
                     slots[index] = np.asarray(result)
@@ -118,7 +121,7 @@ def compile_plan(graph: Graph, input_values: dict[str, Value], kernel_for: Calla
                 outputs=tuple(slot(n) if n else -1 for n in node.outputs),
                 release=(),
                 record=record,
-                expected=tuple(values[n] for n in node.outputs if n),
+                expected=tuple(values[n] if n else None for n in node.outputs),
             )
         )
         for name in node.present_inputs:
@@ -154,6 +157,8 @@ def _plan_releases(steps: list[Step], keep: set[int], template: list) -> None:
 
 def _check(step: Step, results) -> None:
     for value, result in zip(step.expected, results):
+        if value is None:
+            continue
         array = np.asarray(result)
         if value.dtype is not None and array.dtype != value.dtype:
             raise ExecutionError(

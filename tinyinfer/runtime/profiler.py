@@ -71,4 +71,10 @@ class Profile:
 
 
 def _fmt(shapes: list) -> str:
-    return ", ".join("x".join(map(str, s)) if s is not None else "?" for s in shapes)
+    return ", ".join(_fmt_shape(s) for s in shapes)
+
+
+def _fmt_shape(shape) -> str:
+    if shape is None:
+        return "?"
+    return "x".join(map(str, shape)) if len(shape) else "scalar"

@@ -189,7 +189,7 @@ def _node_arg(value: Value) -> NodeArg:
 
 
 def _type(dtype) -> str:
-    """ONNX Runtime's spelling of a dtype, or NumPy's for one ONNX has no name for."""
+    """ONNX Runtime's spelling of a dtype (``tensor(float)``), or a note that ONNX has none."""
     try:
         return dtypes.type_name(dtype)
     except KeyError:

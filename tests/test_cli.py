@@ -1,0 +1,82 @@
+"""The ``tinyinfer`` command, driven as a user drives it (in-process, through ``main``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from tinyinfer.cli import main
+
+
+@pytest.fixture
+def model_path(tmp_path):
+    """y = relu(x @ W + b) with a symbolic batch dim."""
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor("W", TensorProto.FLOAT, [4, 3], rng.standard_normal(12).astype(np.float32).tolist())
+    b = helper.make_tensor("b", TensorProto.FLOAT, [3], [0.1, -0.2, 0.3])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["z"]),
+         helper.make_node("Relu", ["z"], ["y"])],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [w, b],
+    )
+    path = tmp_path / "mlp.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_info_lists_inputs_ops_parameters_and_flops(model_path, capsys):
+    assert main(["info", str(model_path)]) == 0
+    text = capsys.readouterr().out
+    assert "input  x: float[Nx4]" in text
+    assert "parameters: 15" in text  # 4*3 weights + 3 biases
+    assert "MatMul" in text and "Relu" in text
+    assert "MACs" in text
+
+
+def test_run_with_random_feeds_and_saved_outputs(model_path, tmp_path, capsys):
+    out = tmp_path / "out.npz"
+    assert main(["run", str(model_path), "--dim", "N=5", "--output", str(out)]) == 0
+    saved = np.load(out)
+    assert saved["y"].shape == (5, 3)
+    assert (saved["y"] >= 0).all()  # it went through a Relu
+    assert "y: float32 [5, 3]" in capsys.readouterr().out
+
+
+def test_run_with_given_input_matches_numpy(model_path, tmp_path):
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "out.npz"
+    assert main(["run", str(model_path), "--input", f"x={tmp_path / 'x.npy'}", "--output", str(out)]) == 0
+    model = onnx.load(str(model_path))
+    w = onnx.numpy_helper.to_array(model.graph.initializer[0])
+    b = onnx.numpy_helper.to_array(model.graph.initializer[1])
+    np.testing.assert_allclose(np.load(out)["y"], np.maximum(x @ w + b, 0), rtol=1e-6)
+
+
+def test_bad_model_is_a_clear_error_with_exit_code_1(tmp_path, capsys):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07this is not a model")
+    assert main(["info", str(bad)]) == 1
+    assert "tinyinfer: error:" in capsys.readouterr().err
+
+
+def test_wrong_input_dtype_is_reported(model_path, tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.zeros((2, 4), np.float64))
+    assert main(["run", str(model_path), "--input", f"x={tmp_path / 'x.npy'}"]) == 1
+    assert "expects tensor(float)" in capsys.readouterr().err
+
+
+def test_bench_reports_both_engines_and_agreement(model_path, capsys):
+    assert main(["bench", str(model_path), "--repeat", "3", "--warmup", "1", "--onnx-reference"]) == 0
+    text = capsys.readouterr().out
+    assert "tinyinfer (reference)" in text and "onnxruntime" in text and "onnx.reference" in text
+
+
+def test_conformance_subset_counts_passes(capsys):
+    assert main(["conformance", "--op", "Relu"]) == 0
+    assert "passed, 0 failed" in capsys.readouterr().out
