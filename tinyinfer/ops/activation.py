@@ -33,8 +33,7 @@ from .base import (
 # ============================================================================ erf
 # W. J. Cody, "Rational Chebyshev approximations for the error function", Mathematics of
 # Computation 23 (1969), 631-637; the coefficients as published in Cody's CALERF routine
-# (Netlib SPECFUN). Each rational function is listed numerator first, highest power first,
-# ready for np.polyval; the denominators are monic.
+# (Netlib SPECFUN). Each polynomial is listed highest power first; the denominators are monic.
 #
 #   |x| <= 0.5:        erf(x)  = x * P1(x^2) / Q1(x^2)
 #   0.5 < |x| <= 4:    erfc(x) = exp(-x^2) * P2(|x|) / Q2(|x|)
@@ -65,22 +64,31 @@ def erf(x: np.ndarray) -> np.ndarray:
 
     small = y <= _ERF_SMALL_LIMIT
     z = np.square(y[small])
-    result[small] = x[small] * np.polyval(_ERF_SMALL_P, z) / np.polyval(_ERF_SMALL_Q, z)
+    result[small] = x[small] * _horner(_ERF_SMALL_P, z) / _horner(_ERF_SMALL_Q, z)
 
     mid = (y > _ERF_SMALL_LIMIT) & (y <= 4.0)
     t = y[mid]
-    erfc_mid = _exp_minus_square(t) * np.polyval(_ERFC_MID_P, t) / np.polyval(_ERFC_MID_Q, t)
+    erfc_mid = _exp_minus_square(t) * _horner(_ERFC_MID_P, t) / _horner(_ERFC_MID_Q, t)
     result[mid] = np.copysign(1.0 - erfc_mid, x[mid])
 
     large = (y > 4.0) & (y < _ERF_IS_ONE)
     t = y[large]
     z = 1.0 / np.square(t)
-    tail = z * np.polyval(_ERFC_LARGE_P, z) / np.polyval(_ERFC_LARGE_Q, z)
+    tail = z * _horner(_ERFC_LARGE_P, z) / _horner(_ERFC_LARGE_Q, z)
     erfc_large = _exp_minus_square(t) / t * (1.0 / np.sqrt(np.pi) - tail)
     result[large] = np.copysign(1.0 - erfc_large, x[large])
 
     beyond = y >= _ERF_IS_ONE  # includes +-inf
     result[beyond] = np.copysign(1.0, x[beyond])
+    return result
+
+
+def _horner(coefficients, t: np.ndarray) -> np.ndarray:
+    """The polynomial with ``coefficients`` (highest power first) at t, updated in place."""
+    result = np.full_like(t, coefficients[0])
+    for c in coefficients[1:]:
+        result *= t
+        result += c
     return result
 
 

@@ -285,7 +285,7 @@ def to_float8e8m0(x: np.ndarray, *, saturate: bool = True, round_mode: str = "up
     """float8e8m0 (OCP MX scale): keep the float32 exponent, rounding away the mantissa.
 
     ``up`` rounds any non-zero mantissa up to the next power of two, ``down`` drops it,
-    ``nearest`` rounds up from 1.5 * 2^e. NaN and inf map to the NaN code 0xFF; with
+    ``nearest`` rounds up from 1.5 * 2^e (the onnx.numpy_helper.to_float8e8m0 rule). NaN and inf map to the NaN code 0xFF; with
     ``saturate`` an exponent that would round past the largest (0xFE) stays at 0xFE,
     without it it becomes NaN. Negative inputs are undefined in the spec (the sign is dropped).
     """
@@ -296,7 +296,10 @@ def to_float8e8m0(x: np.ndarray, *, saturate: bool = True, round_mode: str = "up
     if round_mode == "up":
         exponent = exponent + (mantissa != 0)
     elif round_mode == "nearest":
-        exponent = exponent + ((mantissa & 0x400000) != 0)
+        # Up from the midpoint 1.5 * 2^e (top mantissa bit set); for subnormals (exponent 0)
+        # an exact midpoint rounds down, to the even code.
+        halfway = (mantissa & 0x400000) != 0
+        exponent = exponent + (halfway & (((mantissa & 0x3FFFFF) != 0) | (exponent > 0)))
     overflow = (exponent > 0xFE) & ~special
     exponent = np.where(overflow, 0xFE if saturate else 0xFF, exponent)
     exponent = np.where(special, 0xFF, exponent)

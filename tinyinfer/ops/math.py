@@ -78,9 +78,8 @@ def _is_nan(x):
 
 def _is_inf(x, detect_negative, detect_positive):
     """IsInf-10/20: true where x is +inf (if detect_positive) or -inf (if detect_negative)."""
-    infinite = np.isinf(x)
-    positive = x > 0
-    return infinite & ((positive & bool(detect_positive)) | (~positive & bool(detect_negative)))
+    negative = np.signbit(x)  # unlike x < 0, quiet on NaN for every float type
+    return np.isinf(x) & ((~negative & bool(detect_positive)) | (negative & bool(detect_negative)))
 
 
 elementwise("Round", _round, since=11)
