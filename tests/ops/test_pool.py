@@ -31,8 +31,9 @@ def random(shape, dtype=np.float32, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
 
 
-def direct_pool(x, kind, kernel, strides=None, pads=None, dilations=None, count_include_pad=0, p=2):
+def direct_pool(x, kind, kernel_shape, strides=None, pads=None, dilations=None, count_include_pad=0, p=2):
     """Pooling by its definition, floor mode, explicit pads; float64 result."""
+    kernel = kernel_shape
     n, channels, *spatial = x.shape
     rank = len(spatial)
     strides = strides or [1] * rank

@@ -61,7 +61,7 @@ class Value:
         return f"{dtype}[{dims}]"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # nodes compare by identity: two Relu nodes are two nodes
 class Node:
     """One operator application: ``outputs = op_type(inputs, **attrs)``.
 

@@ -35,9 +35,9 @@ from .base import (
 # Computation 23 (1969), 631-637; the coefficients as published in Cody's CALERF routine
 # (Netlib SPECFUN). Each polynomial is listed highest power first; the denominators are monic.
 #
-#   |x| <= 0.5:        erf(x)  = x * P1(x^2) / Q1(x^2)
-#   0.5 < |x| <= 4:    erfc(x) = exp(-x^2) * P2(|x|) / Q2(|x|)
-#   |x| > 4:           erfc(x) = exp(-x^2) / |x| * (1/sqrt(pi) + z * P3(z) / Q3(z)),  z = 1/x^2
+#   |x| <= 0.46875:      erf(x)  = x * P1(x^2) / Q1(x^2)
+#   0.46875 < |x| <= 4:  erfc(x) = exp(-x^2) * P2(|x|) / Q2(|x|)
+#   |x| > 4:             erfc(x) = exp(-x^2) / |x| * (1/sqrt(pi) - z * P3(z) / Q3(z)),  z = 1/x^2
 _ERF_SMALL_P = (1.85777706184603153e-1, 3.16112374387056560e00, 1.13864154151050156e02,
                 3.77485237685302021e02, 3.20937758913846947e03)
 _ERF_SMALL_Q = (1.0, 2.36012909523441209e01, 2.44024637934444173e02,

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import InvalidAttributeError, ShapeInferenceError, UnsupportedOpError, node_label
+from ..errors import InvalidAttributeError, ShapeInferenceError, TinyInferError, UnsupportedOpError, node_label
 from ..ir import Node, Value
 from ..ir.graph import Dim, Shape
 
@@ -120,7 +120,12 @@ def prepare_node(node: Node, version: int) -> Op:
             f"expected some of {sorted(spec)}"
         )
     node.attrs = parsed
-    op.check(node)
+    try:
+        op.check(node)
+    except TinyInferError:
+        raise
+    except Exception as exc:  # a check that trips over an odd value still names the node
+        raise InvalidAttributeError(f"{node_label(node)}: invalid attributes: {type(exc).__name__}: {exc}") from exc
     return op
 
 

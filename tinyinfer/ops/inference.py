@@ -56,6 +56,12 @@ def infer_shapes(
             results = _evaluate(op, node, args)
         else:
             results = _infer(op, node, args)
+        missing = [name for name in node.outputs[len(results):] if name]
+        if missing:
+            raise ShapeInferenceError(
+                f"{node_label(node)}: declares {len(node.outputs)} outputs but {node.op_type} produces "
+                f"{len(results)}; nothing computes {missing}"
+            )
         for name, value in zip(node.outputs, results):
             if name:
                 value.name = name

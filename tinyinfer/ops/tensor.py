@@ -790,7 +790,7 @@ class Dropout(Op):
         ratio = 0.5 if ratio is None else float(np.asarray(ratio).reshape(-1)[0])
         training = training_mode is not None and bool(np.asarray(training_mode).reshape(-1)[0])
         if not training or ratio == 0:
-            if len(node.outputs) < 2 or not node.outputs[1]:
+            if len(node.outputs) < 2:
                 return data
             return data, np.ones(data.shape, dtype=mask_dtype)
         if not 0 <= ratio < 1:

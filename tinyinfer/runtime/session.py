@@ -24,7 +24,7 @@ from .. import ops
 from ..errors import FeedNameError, FeedShapeError, FeedTypeError, TinyInferError
 from ..ir import Graph, Value, dtypes
 from .plan import Plan, compile_plan
-from .profiler import Profile
+from .profiler import NodeRecord, Profile
 
 BACKENDS = ("reference",)
 
@@ -89,6 +89,8 @@ class InferenceSession:
     def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any], run_options: Any = None) -> list[np.ndarray]:
         """Compute the named outputs (all of them for ``None``) from the feeds."""
         arrays = self._check_feeds(input_feed)
+        if isinstance(output_names, str):
+            raise FeedNameError(f"output_names must be a list of names or None, got the string {output_names!r}")
         wanted = list(output_names) if output_names else self.graph.output_names
         known = set(self.graph.output_names)
         unknown = [name for name in wanted if name not in known]
@@ -117,8 +119,19 @@ class InferenceSession:
 
     def profile(self) -> Profile:
         """Per-node time, op and shapes, summed over every run so far (all plans)."""
-        records = [step.record for plan in self._plans.values() for step in plan.steps]
-        return Profile(records=records, runs=self._runs, run_ns=self._run_ns)
+        merged: dict[int, NodeRecord] = {}
+        for plan in self._plans.values():
+            for step in plan.steps:
+                record = step.record
+                if id(step.node) not in merged:
+                    merged[id(step.node)] = dataclasses.replace(record)
+                else:  # the same node planned for other input shapes: one row, summed
+                    total = merged[id(step.node)]
+                    total.calls += record.calls
+                    total.total_ns += record.total_ns
+                    if record.calls:
+                        total.input_shapes, total.output_shapes = record.input_shapes, record.output_shapes
+        return Profile(records=list(merged.values()), runs=self._runs, run_ns=self._run_ns)
 
     def _plan(self, arrays: list[np.ndarray]) -> Plan:
         given = {v.name: Value(v.name, a.dtype, a.shape) for v, a in zip(self.graph.inputs, arrays)}
@@ -152,7 +165,7 @@ class InferenceSession:
             if value.dtype is not None and array.dtype != value.dtype:
                 raise FeedTypeError(
                     f"input '{value.name}' expects {_type(value.dtype)}, got {_type(array.dtype)} "
-                    f"(numpy {array.dtype}); convert with .astype(np.{value.dtype.name})"
+                    f"(numpy {array.dtype}); convert with .astype({_numpy_name(value.dtype)})"
                 )
             if value.shape is not None:
                 if array.ndim != len(value.shape):
@@ -194,6 +207,12 @@ def _type(dtype) -> str:
         return dtypes.type_name(dtype)
     except KeyError:
         return "a type ONNX has no name for"
+
+
+def _numpy_name(dtype: np.dtype) -> str:
+    if hasattr(np, dtype.name) and np.dtype(getattr(np, dtype.name)) == dtype:
+        return f"np.{dtype.name}"
+    return f"ml_dtypes.{dtype.name}"  # bfloat16, float8, int4 ... live in ml_dtypes
 
 
 def _dims(shape) -> str:
