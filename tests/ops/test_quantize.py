@@ -106,9 +106,9 @@ def test_quantize_rounds_half_to_even():
 @pytest.mark.parametrize("dtype", INTEGER_OUTPUTS, ids=lambda d: np.dtype(d).name)
 def test_quantize_saturates_at_the_type_bounds(dtype):
     info = ml_dtypes.iinfo(dtype)
-    x = np.array([-1e9, -1e4, float(info.min) - 0.6, float(info.max) + 0.6, 1e4, 1e9, np.inf, -np.inf], np.float32)
+    x = np.array([-1e9, float(info.min) - 0.6, float(info.max) + 0.6, 1e9, np.inf, -np.inf], np.float32)
     got = run_tinyinfer("QuantizeLinear", [x, scalar(1.0, np.float32), np.zeros((), dtype)], opset=25)[0]
-    assert got.astype(np.int64).tolist() == [info.min] * 3 + [info.max] * 4 + [info.min]
+    assert got.astype(np.int64).tolist() == [info.min, info.min, info.max, info.max, info.max, info.min]
 
 
 @settings(max_examples=60, deadline=None)
@@ -204,12 +204,13 @@ def qlinear_matmul_inputs(a_shape, b_shape, a_dtype=np.uint8, b_dtype=np.int8, y
 @pytest.mark.parametrize("a_dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("b_dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("y_dtype", [np.uint8, np.int8])
-def test_qlinear_matmul_matches_onnxruntime(a_dtype, b_dtype, y_dtype):
+def test_qlinear_matmul_matches_reference_and_onnxruntime(a_dtype, b_dtype, y_dtype):
     inputs = qlinear_matmul_inputs((5, 16), (16, 7), a_dtype, b_dtype, y_dtype)
     got = run_tinyinfer("QLinearMatMul", inputs, opset=21)[0]
-    np.testing.assert_array_equal(got, run_onnxruntime("QLinearMatMul", inputs, opset=10)[0])  # ORT has -10 only
-    np.testing.assert_array_equal(got, run_reference("QLinearMatMul", inputs, opset=21)[0])
     assert got.dtype == y_dtype
+    np.testing.assert_array_equal(got, run_reference("QLinearMatMul", inputs, opset=21)[0])
+    if a_dtype == y_dtype:  # the type combinations ONNX Runtime implements (QLinearMatMul-10)
+        np.testing.assert_array_equal(got, run_onnxruntime("QLinearMatMul", inputs, opset=10)[0])
 
 
 def test_qlinear_matmul_batched_and_per_column_match_onnxruntime():

@@ -9,6 +9,7 @@ Every run also checks each output's dtype and shape against the op's ``infer``
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -365,6 +366,16 @@ def test_dropout_at_inference_is_identity_with_a_true_mask(opset):
     y, mask = run_tinyinfer("Dropout", inputs, 2, opset=opset)
     np.testing.assert_array_equal(y, x)
     assert mask.dtype == np.bool_ and mask.all()
+
+
+def test_dropout_with_an_unnamed_mask_output():
+    node = onnx.helper.make_node("Dropout", ["x"], ["y", ""], name="drop")
+    x_info = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])
+    graph = onnx.helper.make_graph([node], "g", [x_info], [onnx.helper.make_empty_tensor_value_info("y")])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+    x = arange(2, 3)
+    (y,) = tinyinfer.InferenceSession(model, check_shapes=True).run(None, {"x": x})
+    np.testing.assert_array_equal(y, x)
 
 
 def test_dropout_in_training_mode_keeps_scaled_values():

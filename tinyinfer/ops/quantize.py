@@ -76,7 +76,8 @@ class QuantizeLinear(Op):
     """``y = saturate(round_half_even(x / y_scale) + y_zero_point)``.
 
     The output type is the zero point's type, else ``output_dtype``, else uint8. The
-    division runs in the ``precision`` type if given, else in ``y_scale``'s type.
+    division runs in the ``precision`` type if given, else in ``y_scale``'s type (see
+    :func:`_division_dtype` for mixed types).
     """
 
     op_type = "QuantizeLinear"
@@ -116,9 +117,10 @@ class QuantizeLinear(Op):
 def quantize(x, scale, zero_point, dtype, *, saturate: bool = True, precision=None) -> np.ndarray:
     """``saturate(round_half_even(x / scale) + zero_point)`` as ``dtype``; scale/zero point broadcast to ``x``."""
     dtype = np.dtype(dtype)
-    compute = np.dtype(precision) if precision is not None else _division_dtype(scale.dtype)
+    scale = np.asarray(scale)
+    compute = np.dtype(precision) if precision is not None else _division_dtype(x.dtype, scale.dtype)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        ratio = x.astype(compute) / np.asarray(scale).astype(compute)
+        ratio = x.astype(compute) / scale.astype(compute)
         if dtype in INTEGER_RANGES:
             low, high = INTEGER_RANGES[dtype]
             shifted = np.rint(ratio.astype(np.float64))
@@ -134,11 +136,25 @@ def quantize(x, scale, zero_point, dtype, *, saturate: bool = True, precision=No
     raise ValueError(f"{dtype} is not a quantized type")
 
 
-def _division_dtype(scale_dtype: np.dtype) -> np.dtype:
-    """The spec divides in the scale's type; integer and float8e8m0 scales divide in float32."""
-    if scale_dtype in (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64), np.dtype(ml_dtypes.bfloat16)):
+def _division_dtype(x_dtype: np.dtype, scale_dtype: np.dtype) -> np.dtype:
+    """The type ``x / y_scale`` is computed in when no ``precision`` is given.
+
+    The spec says the scale's type sets the precision. For the usual case, ``x`` and
+    ``y_scale`` of one type, that is that type; for mixed types (allowed from opset 23)
+    tinyinfer divides in the wider of the two, as onnx.reference and ONNX Runtime do, rather
+    than first rounding ``x`` to a narrower scale type. float8e8m0 scales divide in float32.
+    """
+    if scale_dtype not in _FLOAT_SCALES:
+        scale_dtype = FLOAT32
+    if x_dtype == scale_dtype:
         return scale_dtype
-    return FLOAT32
+    try:
+        return np.result_type(x_dtype, scale_dtype)
+    except TypeError:  # bfloat16 against float16 or an integer: no common NumPy type
+        return FLOAT32
+
+
+_FLOAT_SCALES = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64, ml_dtypes.bfloat16))
 
 
 # ---------------------------------------------------------------------------- DequantizeLinear
