@@ -42,17 +42,36 @@ def demo_model(name: str, check_with_onnx_reference: bool) -> None:
           f"p = {[round(float(probs.reshape(-1)[i]), 4) for i in top]}")
     print(f"first run (plans the graph) {first * 1e3:.1f} ms, then {steady * 1e3:.1f} ms per run")
     if check_with_onnx_reference:
-        from onnx.reference import ReferenceEvaluator
-
-        t0 = time.perf_counter()
-        (expected,) = ReferenceEvaluator(model).run(None, feeds)
-        reference_s = time.perf_counter() - t0
-        np.testing.assert_allclose(probs, expected, rtol=1e-3, atol=1e-5)
-        print(f"matches onnx.reference (rtol 1e-3, atol 1e-5; max |diff| "
-              f"{float(np.abs(probs - expected).max()):.1e}); onnx.reference took {reference_s * 1e3:.0f} ms")
+        check_logits(model, graph, feeds)
     print("time per op type (ms per run):",
           ", ".join(f"{op} {ms:.1f}" for op, ms in list(session.profile().by_op().items())[:5]))
     print()
+
+
+def check_logits(model, graph, feeds) -> None:
+    """Compare the logits (the input of the final Softmax) with ``onnx.reference``.
+
+    The logits, not the probabilities: for these opset-9 models ``onnx.reference`` applies
+    the opset-13 meaning of Softmax's ``axis`` (one axis instead of the flattened trailing
+    block), which on SqueezeNet's [1, 1000, 1, 1] output gives all ones.
+    """
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    softmax = [n for n in graph.nodes if n.op_type == "Softmax"][-1]
+    logits_name = softmax.inputs[0]
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    exposed.graph.output.append(onnx.helper.make_tensor_value_info(logits_name, onnx.TensorProto.FLOAT, None))
+    t0 = time.perf_counter()
+    expected = ReferenceEvaluator(exposed).run([logits_name], feeds)[0]
+    reference_s = time.perf_counter() - t0
+    logits = InferenceSession(exposed).run([logits_name], feeds)[0]
+    scale = float(np.abs(expected).max())
+    np.testing.assert_allclose(logits, expected, rtol=1e-3, atol=1e-4 * scale)
+    print(f"logits match onnx.reference (rtol 1e-3, atol 1e-4 x max|logit|; max |diff| "
+          f"{float(np.abs(logits - expected).max()):.1e} for logits up to {scale:.1f}); "
+          f"onnx.reference took {reference_s * 1e3:.0f} ms")
 
 
 def main() -> int:

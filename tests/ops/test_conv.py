@@ -73,7 +73,8 @@ def direct_conv_transpose(x, w, b, group=1, strides=None, pads=None, dilations=N
     pads = pads or [0] * (2 * rank)
     output_padding = output_padding or [0] * rank
     output = [
-        strides[i] * (spatial[i] - 1) + output_padding[i] + dilations[i] * (kernel[i] - 1) + 1 - pads[i] - pads[rank + i]
+        strides[i] * (spatial[i] - 1) + output_padding[i] + dilations[i] * (kernel[i] - 1) + 1
+        - pads[i] - pads[rank + i]
         for i in range(rank)
     ]
     y = np.zeros((n, per_group * group, *output))

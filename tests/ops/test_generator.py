@@ -120,7 +120,8 @@ def test_constant_of_shape_refuses_negative_dims_and_multi_element_values():
     with pytest.raises(ShapeInferenceError, match="negative dimension"):
         run_tinyinfer("ConstantOfShape", [Initializer(np.array([2, -1], np.int64))])
     with pytest.raises(InvalidAttributeError, match="exactly one element"):
-        run_tinyinfer("ConstantOfShape", [np.array([2], np.int64)], value=numpy_helper.from_array(np.zeros(2, np.float32)))
+        value = numpy_helper.from_array(np.zeros(2, np.float32))
+        run_tinyinfer("ConstantOfShape", [np.array([2], np.int64)], value=value)
 
 
 # ---------------------------------------------------------------------------- Range
@@ -153,7 +154,8 @@ def test_range_refuses_zero_delta_and_non_scalars():
     with pytest.raises(TinyInferError, match="delta must not be zero"):
         run_tinyinfer("Range", [np.array(v, np.int64) for v in (0, 5, 0)], opset=11)
     with pytest.raises(ShapeInferenceError, match="'limit' must be a scalar"):
-        run_tinyinfer("Range", [np.array(0.0, np.float32), np.array([5.0], np.float32), np.array(1.0, np.float32)], opset=11)
+        inputs = [np.array(0.0, np.float32), np.array([5.0], np.float32), np.array(1.0, np.float32)]
+        run_tinyinfer("Range", inputs, opset=11)
 
 
 # ---------------------------------------------------------------------------- Cast
@@ -189,7 +191,9 @@ def test_saturating_float8_cast_never_overflows(to):
     assert got[list(AWKWARD).index(np.inf)] == largest and got[list(AWKWARD).index(-np.inf)] == -largest
 
 
-@pytest.mark.parametrize("to", [TensorProto.INT4, TensorProto.UINT4, TensorProto.FLOAT4E2M1, TensorProto.INT2, TensorProto.UINT2])
+@pytest.mark.parametrize(
+    "to", [TensorProto.INT4, TensorProto.UINT4, TensorProto.FLOAT4E2M1, TensorProto.INT2, TensorProto.UINT2]
+)
 def test_cast_to_small_types_matches_reference(to):
     assert_matches_reference("Cast", [np.arange(-9, 16, dtype=np.float32)], to=to)
 

@@ -125,12 +125,14 @@ def test_ceil_mode_matches_onnxruntime(case, op_type, extra):
 
 
 @pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID"])
-@pytest.mark.parametrize("op_type", ["MaxPool", "AveragePool", "LpPool"])
+@pytest.mark.parametrize("op_type, extra", [("MaxPool", {}), ("AveragePool", {}),
+                                            ("AveragePool", dict(count_include_pad=1)), ("LpPool", {})],
+                         ids=["max", "average", "average_include_pad", "lp"])
 @pytest.mark.parametrize("shape, kernel, strides", [((7, 6), (3, 3), (1, 1)), ((7, 8), (3, 2), (2, 3)),
                                                     ((6, 5), (2, 4), (2, 2))], ids=["3x3", "strided", "even"])
-def test_auto_pad_matches_onnxruntime(op_type, auto_pad, shape, kernel, strides):
+def test_auto_pad_matches_onnxruntime(op_type, extra, auto_pad, shape, kernel, strides):
     x = random((1, 2, *shape))
-    attrs = dict(auto_pad=auto_pad, kernel_shape=list(kernel), strides=list(strides))
+    attrs = dict(auto_pad=auto_pad, kernel_shape=list(kernel), strides=list(strides), **extra)
     (y,) = run_tinyinfer(op_type, [x], **attrs)
     (want,) = run_onnxruntime(op_type, [x], **attrs)
     assert y.shape == want.shape

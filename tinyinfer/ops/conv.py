@@ -64,25 +64,25 @@ class Conv(Op):
         x, w = inputs[0], inputs[1]
         bias = inputs[2] if len(inputs) > 2 else None
         group = node.attrs["group"]
-        kernel = _kernel_shape(node, x, w, weight_rank_offset=2)
-        channels = w.shape[0] if w.shape is not None else None
+        kernel = _kernel_shape(node, x, w)
+        out_channels = w.shape[0] if w.shape is not None else None
         if x.shape is not None and w.shape is not None:
-            _check_channels(node, x.shape[1], w.shape[1] * group if isinstance(w.shape[1], int) else None,
-                            f"W has {w.shape[1]} input channels per group and group={group}")
-        if isinstance(channels, int) and channels % group:
-            raise fail(node, f"W has {channels} output channels, which is not a multiple of group={group}")
+            channels, per_group = x.shape[1], w.shape[1]
+            if _known(channels, per_group) and channels != per_group * group:
+                raise fail(node, f"X has {channels} channels but W has {per_group} input channels per group "
+                                 f"and group={group}, so X must have {per_group * group} channels")
+        if _known(out_channels) and out_channels % group:
+            raise fail(node, f"W has {out_channels} output channels, which is not a multiple of group={group}")
         if bias is not None and bias.shape is not None:
-            size = bias.shape[0] if len(bias.shape) == 1 else None
-            if len(bias.shape) != 1 or (isinstance(size, int) and isinstance(channels, int) and size != channels):
-                raise fail(node, f"bias B must have shape [{channels}] (one value per output channel), "
+            if len(bias.shape) != 1 or (_known(bias.shape[0], out_channels) and bias.shape[0] != out_channels):
+                raise fail(node, f"bias B must have shape [{out_channels}] (one value per output channel), "
                                  f"got {list(bias.shape)}")
         if x.shape is None:
             return [out(node, 0, x.dtype, None)]
-        spatial = x.shape[2:]
         if kernel is None:
-            return [out(node, 0, x.dtype, (x.shape[0], channels, *(None for _ in spatial)))]
-        window = window_geometry(node, spatial, kernel)
-        return [out(node, 0, x.dtype, (x.shape[0], channels, *window.output))]
+            return [out(node, 0, x.dtype, (x.shape[0], out_channels, *(None for _ in x.shape[2:])))]
+        window = window_geometry(node, x.shape[2:], kernel)
+        return [out(node, 0, x.dtype, (x.shape[0], out_channels, *window.output))]
 
     def reference(self, node, x, w, bias=None):
         window = window_geometry(node, x.shape[2:], w.shape[2:])
@@ -171,21 +171,21 @@ class ConvTranspose(Op):
         require_inputs(node, inputs, 2, 3)
         x, w = inputs[0], inputs[1]
         group = node.attrs["group"]
-        kernel = _kernel_shape(node, x, w, weight_rank_offset=2)
-        channels = None
-        if w.shape is not None and isinstance(w.shape[1], int):
-            channels = w.shape[1] * group
+        kernel = _kernel_shape(node, x, w)
+        out_channels = w.shape[1] * group if w.shape is not None and _known(w.shape[1]) else None
         if x.shape is not None and w.shape is not None:
-            _check_channels(node, x.shape[1], w.shape[0], f"W is {list(w.shape)}, i.e. (C, M/group, *kernel)")
-            if isinstance(w.shape[0], int) and w.shape[0] % group:
-                raise fail(node, f"W has {w.shape[0]} input channels, which is not a multiple of group={group}")
+            channels, in_weights = x.shape[1], w.shape[0]
+            if _known(channels, in_weights) and channels != in_weights:
+                raise fail(node, f"X has {channels} channels but W is {list(w.shape)}, i.e. (C, M/group, *kernel) "
+                                 f"with C = {in_weights}")
+            if _known(in_weights) and in_weights % group:
+                raise fail(node, f"W has {in_weights} input channels, which is not a multiple of group={group}")
         if x.shape is None:
             return [out(node, 0, x.dtype, None)]
-        spatial = x.shape[2:]
         if kernel is None:
-            return [out(node, 0, x.dtype, (x.shape[0], channels, *(None for _ in spatial)))]
-        geometry = transposed_geometry(node, spatial, kernel)
-        return [out(node, 0, x.dtype, (x.shape[0], channels, *geometry.output))]
+            return [out(node, 0, x.dtype, (x.shape[0], out_channels, *(None for _ in x.shape[2:])))]
+        geometry = transposed_geometry(node, x.shape[2:], kernel)
+        return [out(node, 0, x.dtype, (x.shape[0], out_channels, *geometry.output))]
 
     def reference(self, node, x, w, bias=None):
         group = node.attrs["group"]
@@ -341,7 +341,8 @@ def transposed_geometry(node: Node, spatial: tuple[Dim, ...], kernel) -> Window:
     if wanted is not None:
         wanted = list(wanted)[-rank:] if len(wanted) in (rank, rank + 2) else None
         if wanted is None:
-            raise fail(node, f"output_shape {node.attrs['output_shape']} must have {rank} values (one per spatial axis)")
+            raise fail(node, f"output_shape {node.attrs['output_shape']} must have {rank} values "
+                             f"(one per spatial axis)")
     begins, ends, outputs = [], [], []
     for i, size in enumerate(spatial):
         if not isinstance(size, int):
@@ -406,27 +407,27 @@ def _spatial_attributes(node: Node, rank: int, kernel: tuple[int, ...]):
     return strides, dilations, pads
 
 
-def _kernel_shape(node: Node, x, w, weight_rank_offset: int):
+def _kernel_shape(node: Node, x, w):
     """kernel_shape from the attribute, else from W; checks the ranks of X and W agree."""
     if x.shape is not None and len(x.shape) < 3:
         raise fail(node, f"X must be (N, C, D1, ...) with at least one spatial axis, got shape {list(x.shape)}")
     if x.shape is not None and w.shape is not None and len(w.shape) != len(x.shape):
-        raise fail(node, f"W has rank {len(w.shape)} but X has rank {len(x.shape)}; expected W to be "
-                         f"(out, in/group, *kernel) with one kernel size per spatial axis of X")
-    from_weights = tuple(w.shape[weight_rank_offset:]) if w.shape is not None else None
+        raise fail(node, f"W has rank {len(w.shape)} but X has rank {len(x.shape)}; expected W to hold two "
+                         f"channel axes and one kernel size per spatial axis of X")
+    from_weights = tuple(w.shape[2:]) if w.shape is not None else None
     given = node.attrs.get("kernel_shape")
     if given is not None:
-        if from_weights is not None and all(isinstance(k, int) for k in from_weights) and tuple(given) != from_weights:
+        if from_weights is not None and _known(*from_weights) and tuple(given) != from_weights:
             raise fail(node, f"kernel_shape {list(given)} does not match the kernel size of W {list(from_weights)}")
         return tuple(given)
-    if from_weights is None or not all(isinstance(k, int) for k in from_weights):
+    if from_weights is None or not _known(*from_weights):
         return None
     return from_weights
 
 
-def _check_channels(node: Node, channels: Dim, expected: Dim, why: str) -> None:
-    if isinstance(channels, int) and isinstance(expected, int) and channels != expected:
-        raise fail(node, f"X has {channels} channels but {why}, so X must have {expected} channels")
+def _known(*dims) -> bool:
+    """True when every dim is a concrete integer (not symbolic, not unknown)."""
+    return all(isinstance(d, int) for d in dims)
 
 
 def _compute_dtype(dtype: np.dtype) -> np.dtype:

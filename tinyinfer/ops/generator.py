@@ -285,9 +285,10 @@ def to_float8e8m0(x: np.ndarray, *, saturate: bool = True, round_mode: str = "up
     """float8e8m0 (OCP MX scale): keep the float32 exponent, rounding away the mantissa.
 
     ``up`` rounds any non-zero mantissa up to the next power of two, ``down`` drops it,
-    ``nearest`` rounds up from 1.5 * 2^e (the onnx.numpy_helper.to_float8e8m0 rule). NaN and inf map to the NaN code 0xFF; with
-    ``saturate`` an exponent that would round past the largest (0xFE) stays at 0xFE,
-    without it it becomes NaN. Negative inputs are undefined in the spec (the sign is dropped).
+    ``nearest`` rounds up from 1.5 * 2^e (the rule of onnx.numpy_helper.to_float8e8m0).
+    NaN and inf map to the NaN code 0xFF; with ``saturate`` an exponent that would round
+    past the largest (0xFE) stays at 0xFE, without it it becomes NaN. Negative inputs are
+    undefined in the spec (the sign is dropped).
     """
     bits = np.asarray(x, dtype=np.float32).view(np.uint32)
     exponent = ((bits >> 23) & 0xFF).astype(np.uint16)

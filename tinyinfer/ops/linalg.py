@@ -17,6 +17,7 @@ import re
 
 import numpy as np
 
+from ..ir import dtypes
 from ..ir.graph import Dim, Shape
 from .base import Op, bad_attribute, broadcast_shapes, fail, out, register, require_inputs
 
@@ -205,7 +206,8 @@ def einsum_shape(node, equation: str, shapes: list[Shape]) -> Shape:
     ellipsis = broadcast_shapes(node, *ellipsis_shapes) if ellipsis_shapes else ()
     if not arrow:
         letters = inputs_part.replace(",", "").replace(".", "")
-        output_part = ("..." if ellipsis_shapes else "") + "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+        once = sorted(label for label in set(letters) if letters.count(label) == 1)
+        output_part = ("..." if ellipsis_shapes else "") + "".join(once)
     result: list[Dim] = []
     for piece in re.findall(r"\.\.\.|[A-Za-z]", output_part):
         if piece == "...":
@@ -228,9 +230,7 @@ def _merge_dims(node, label: str, seen: Dim, dim: Dim) -> Dim:
 
 
 def _compute_dtype(dtype: np.dtype) -> np.dtype:
-    """Half types (float16, bfloat16) compute in float32; everything else as is."""
-    if dtype.kind == "f" and dtype.itemsize >= 4:
-        return dtype
-    if dtype == np.float16 or dtype.name == "bfloat16":
+    """Half types (float16, bfloat16) compute in float32; every other type as it is."""
+    if dtype in dtypes.FLOAT_TYPES and dtype.itemsize < 4:
         return np.dtype(np.float32)
     return dtype

@@ -76,12 +76,14 @@ class BatchNormalization(Op):
             # Fold the four per-channel vectors into one multiply-add over X.
             factor = scale.astype(compute) / np.sqrt(var.astype(compute) + epsilon)
             shift = bias.astype(compute) - mean.astype(compute) * factor
-            y = xc * _per_channel(factor, x.ndim) + _per_channel(shift, x.ndim)
+            y = xc * _per_channel(factor, x.ndim)
+            y += _per_channel(shift, x.ndim)
             return y.astype(x.dtype, copy=False)
         axes = (0, *range(2, x.ndim))
         batch_mean, batch_var = xc.mean(axis=axes), xc.var(axis=axes)
         factor = scale.astype(compute) / np.sqrt(batch_var + epsilon)
-        y = (xc - _per_channel(batch_mean, x.ndim)) * _per_channel(factor, x.ndim) + _per_channel(bias.astype(compute), x.ndim)
+        y = (xc - _per_channel(batch_mean, x.ndim)) * _per_channel(factor, x.ndim)
+        y += _per_channel(bias.astype(compute), x.ndim)
         momentum = node.attrs["momentum"]
         running_mean = (mean * momentum + batch_mean * (1 - momentum)).astype(mean.dtype)
         running_var = (var * momentum + batch_var * (1 - momentum)).astype(var.dtype)

@@ -20,9 +20,10 @@ import numpy as np
 from .base import REQUIRED, Op, bad_attribute, fail, out, register, require_inputs
 from .conv import Window, check_window_attributes, pad_for_windows, tap_slices, window_geometry
 
-# Attributes every windowed pooling op understands (each op's spec adds its own).
-# Older opsets know fewer of them (ceil_mode and dilations arrived in opset 10/18/19); tinyinfer
-# accepts the newest set at every version, with the defaults that keep the old meaning.
+# Attributes every windowed pooling op understands (each op's spec adds its own). Older
+# opsets know fewer of them (ceil_mode came in MaxPool-10, AveragePool-10 and LpPool-18,
+# dilations in MaxPool-10, AveragePool-19 and LpPool-18); tinyinfer accepts the newest set at
+# every version: their defaults keep the old meaning.
 _WINDOW_ATTRIBUTES = {
     "auto_pad": "NOTSET",
     "ceil_mode": 0,
@@ -48,7 +49,7 @@ class _WindowPool(Op):
         require_inputs(node, inputs, 1)
         x = inputs[0]
         if x.shape is None:
-            return [out(node, i, x.dtype, None) for i in range(len(node.outputs))]
+            return [out(node, 0, x.dtype, None)]
         if len(x.shape) < 3:
             raise fail(node, f"X must be (N, C, D1, ...) with at least one spatial axis, got shape {list(x.shape)}")
         window = self.geometry(node, x.shape[2:])

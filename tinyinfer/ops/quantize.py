@@ -104,14 +104,12 @@ class QuantizeLinear(Op):
         attrs = node.attrs
         dtype = _quantized_dtype(node, None if y_zero_point is None else y_zero_point.dtype)
         precision = _dtype_attribute(node, "precision") if attrs["precision"] else None
-        return quantize(
-            x,
-            expand_param(node, y_scale, x.shape, attrs["axis"], attrs["block_size"], "y_scale"),
-            None if y_zero_point is None else expand_param(node, y_zero_point, x.shape, attrs["axis"], attrs["block_size"], "y_zero_point"),
-            dtype,
-            saturate=bool(attrs["saturate"]),
-            precision=precision,
-        )
+        axis, block_size = attrs["axis"], attrs["block_size"]
+        scale = expand_param(node, y_scale, x.shape, axis, block_size, "y_scale")
+        zero_point = None
+        if y_zero_point is not None:
+            zero_point = expand_param(node, y_zero_point, x.shape, axis, block_size, "y_zero_point")
+        return quantize(x, scale, zero_point, dtype, saturate=bool(attrs["saturate"]), precision=precision)
 
 
 def quantize(x, scale, zero_point, dtype, *, saturate: bool = True, precision=None) -> np.ndarray:
@@ -177,7 +175,8 @@ class DequantizeLinear(Op):
         require_inputs(node, inputs, 2, 3)
         x, scale = inputs[0], inputs[1]
         zero_point = inputs[2] if len(inputs) > 2 else None
-        if zero_point is not None and x.dtype is not None and zero_point.dtype is not None and zero_point.dtype != x.dtype:
+        zero_dtype = None if zero_point is None else zero_point.dtype
+        if zero_dtype is not None and x.dtype is not None and zero_dtype != x.dtype:
             raise fail(node, f"x_zero_point has type {zero_point.dtype}, but x has type {x.dtype}; they must match")
         _check_param_shape(node, x.shape, scale.shape, "x_scale")
         return [out(node, 0, self._output_dtype(node, scale.dtype), x.shape)]
@@ -339,7 +338,9 @@ class _IntegerConvBase(Op):
 
     def check(self, node):
         if node.attrs["auto_pad"] not in ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"):
-            raise bad_attribute(node, f"auto_pad must be NOTSET, SAME_UPPER, SAME_LOWER or VALID, got {node.attrs['auto_pad']!r}")
+            raise bad_attribute(
+                node, f"auto_pad must be NOTSET, SAME_UPPER, SAME_LOWER or VALID, got {node.attrs['auto_pad']!r}"
+            )
         if node.attrs["group"] < 1:
             raise bad_attribute(node, f"group must be positive, got {node.attrs['group']}")
 
@@ -347,7 +348,11 @@ class _IntegerConvBase(Op):
         if x_shape is None or w_shape is None:
             return None
         if len(x_shape) < 3 or len(w_shape) != len(x_shape):
-            raise fail(node, f"x must be (N, C, D1, ...) and w (M, C/group, k1, ...) of the same rank; got {list(x_shape)} and {list(w_shape)}")
+            raise fail(
+                node,
+                f"x must be (N, C, D1, ...) and w (M, C/group, k1, ...) of the same rank; "
+                f"got {list(x_shape)} and {list(w_shape)}",
+            )
         group = node.attrs["group"]
         channels, per_group = x_shape[1], w_shape[1]
         if isinstance(channels, int) and isinstance(per_group, int) and channels != per_group * group:
@@ -358,7 +363,8 @@ class _IntegerConvBase(Op):
             if not isinstance(dim, int) or geometry is None:
                 spatial.append(None)
                 continue
-            kernel, stride, dilation, begin, end = (geometry[key][i] for key in ("kernel", "strides", "dilations", "begin", "end"))
+            kernel, stride, dilation = geometry["kernel"][i], geometry["strides"][i], geometry["dilations"][i]
+            begin, end = geometry["begin"][i], geometry["end"][i]
             spatial.append((dim + begin + end - dilation * (kernel - 1) - 1) // stride + 1)
         return (x_shape[0], w_shape[0], *spatial)
 
@@ -456,7 +462,8 @@ def _integer_conv(node, x, w, x_zero_point, w_zero_point) -> np.ndarray:
     shifted_w = w.astype(np.float64)
     if w_zero_point is not None:
         w_zero_point = np.asarray(w_zero_point).astype(np.float64)
-        shifted_w -= w_zero_point.reshape(-1, *(1,) * (w.ndim - 1)) if w_zero_point.size > 1 else w_zero_point.reshape(())
+        per_channel = w_zero_point.size > 1
+        shifted_w -= w_zero_point.reshape(-1, *(1,) * (w.ndim - 1)) if per_channel else w_zero_point.reshape(())
     rank = x.ndim - 2
     padded = np.pad(shifted_x, [(0, 0), (0, 0)] + list(zip(geometry["begin"], geometry["end"])))
     batch, channels = x.shape[:2]

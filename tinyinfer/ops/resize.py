@@ -114,7 +114,9 @@ class Resize(Op):
                 f"got {attrs['coordinate_transformation_mode']!r}",
             )
         if attrs["nearest_mode"] not in NEAREST_MODES:
-            raise bad_attribute(node, f"nearest_mode must be one of {list(NEAREST_MODES)}, got {attrs['nearest_mode']!r}")
+            raise bad_attribute(
+                node, f"nearest_mode must be one of {list(NEAREST_MODES)}, got {attrs['nearest_mode']!r}"
+            )
         if attrs["keep_aspect_ratio_policy"] not in ASPECT_POLICIES:
             raise bad_attribute(
                 node,
@@ -149,7 +151,8 @@ class Resize(Op):
             return [out(node, 0, x.dtype, tuple(shape))]
         # Symbolic input dims: an axis keeps its dim when its scale is 1, takes a given size
         # when stretching to ``sizes``, and is unknown otherwise.
-        wanted = _per_axis_values(node, _const(scales if scales is not None else sizes), axes, rank, what="scales/sizes")
+        given = _const(scales if scales is not None else sizes)
+        wanted = _per_axis_values(node, given, axes, rank, what="scales/sizes")
         shape = list(x.shape)
         for axis in axes:
             if scales is not None:
