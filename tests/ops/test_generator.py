@@ -218,6 +218,13 @@ def test_cast_numbers_to_strings_matches_reference():
     assert got.dtype == object and got.tolist() == want.tolist()
 
 
+def test_cast_low_precision_types_to_strings_prints_their_values():
+    x = np.array([3, -2], dtype=ml_dtypes.int4)
+    assert run_tinyinfer("Cast", [x], to=TensorProto.STRING)[0].tolist() == ["3", "-2"]
+    x = np.array([1.5, -448], dtype=ml_dtypes.float8_e4m3fn)
+    assert run_tinyinfer("Cast", [x], to=TensorProto.STRING)[0].tolist() == ["1.5", "-448.0"]
+
+
 @pytest.mark.parametrize("round_mode", ["up", "down", "nearest"])
 @pytest.mark.parametrize("saturate", [0, 1])
 def test_cast_to_float8e8m0_matches_onnx_rounding(round_mode, saturate):

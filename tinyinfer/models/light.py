@@ -59,6 +59,8 @@ def calibrate_batchnorm(model: onnx.ModelProto, seed: int = 0, batch: int = 2) -
     per-channel mean and variance of what actually arrives there reproduces what training
     would have measured, so every BN output has roughly unit scale.
     """
+    if not any(node.op_type == "BatchNormalization" for node in model.graph.node):
+        return model
     from .. import ops
     from ..runtime import load
     from ..runtime.feeds import random_feeds

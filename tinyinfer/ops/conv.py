@@ -6,9 +6,10 @@ product (Chellapilla, Puri & Simard, "High Performance Convolutional Neural Netw
 Document Processing", 2006). Every receptive field of the padded input is laid out as one
 column of a matrix (``sliding_window_view`` makes them visible without copying; one reshape
 copies them into place), and the kernel, flattened to a matrix, multiplies all the columns
-at once. Groups become a batch dimension of that product. A depthwise convolution (one input
-channel per group) would make a batch of tiny products, so it is computed instead as a sum
-over the kernel taps: each tap is one broadcast multiply of a strided view of the input.
+at once. Groups become a batch dimension of that product, depthwise convolutions included
+(one input channel per group: a batch of (multiplier x taps) @ (taps x pixels) products).
+That measured faster for batch 1 than summing broadcast multiplies over the kernel taps
+(1.7 ms against 3.7 ms for a 3x3 depthwise layer on 144x56x56), and equal at batch 8.
 
 **ConvTranspose** is the adjoint of Conv: the kernel matrix, transposed, turns every input
 pixel into its contribution to each kernel tap (one matrix product), and *col2im* adds those
@@ -88,11 +89,7 @@ class Conv(Op):
         window = window_geometry(node, x.shape[2:], w.shape[2:])
         dtype, compute = x.dtype, _compute_dtype(x.dtype)
         x, w = x.astype(compute, copy=False), w.astype(compute, copy=False)
-        group = node.attrs["group"]
-        if w.shape[1] == 1 and group > 1:
-            y = conv_depthwise(x, w, window)
-        else:
-            y = conv_im2col(x, w, group, window)
+        y = conv_im2col(x, w, node.attrs["group"], window)
         if bias is not None:
             y += bias.astype(compute, copy=False).reshape(-1, *(1 for _ in window.kernel))
         return y.astype(dtype, copy=False)
@@ -116,24 +113,6 @@ def conv_im2col(x: np.ndarray, w: np.ndarray, group: int, window: Window) -> np.
     kernels = w.reshape(group, out_channels // group, -1)
     y = np.matmul(kernels, columns)  # (n, group, M/group, output pixels)
     return y.reshape(n, out_channels, *window.output)
-
-
-def conv_depthwise(x: np.ndarray, w: np.ndarray, window: Window) -> np.ndarray:
-    """Convolution with one input channel per group: a sum over kernel taps, no matmul.
-
-    ``W`` is ``(C * multiplier, 1, *kernel)``; output channel ``c * multiplier + j`` reads
-    input channel ``c`` only.
-    """
-    n, channels = x.shape[:2]
-    multiplier, kernel = w.shape[0] // channels, w.shape[2:]
-    padded = pad_for_windows(x, window)
-    weights = w.reshape(channels, multiplier, *kernel)
-    ones = (1,) * len(kernel)
-    y = np.zeros((n, channels, multiplier, *window.output), dtype=x.dtype)
-    for tap in np.ndindex(*kernel):
-        patch = padded[tap_slices(window, tap)][:, :, None]  # (n, C, 1, *output)
-        y += weights[(slice(None), slice(None), *tap)].reshape(channels, multiplier, *ones) * patch
-    return y.reshape(n, channels * multiplier, *window.output)
 
 
 # ---------------------------------------------------------------------------- ConvTranspose

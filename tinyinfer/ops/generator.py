@@ -33,6 +33,8 @@ FLOAT8_TYPES = frozenset(
     np.dtype(t)
     for t in (ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e4m3fnuz, ml_dtypes.float8_e5m2, ml_dtypes.float8_e5m2fnuz)
 )
+#: The 2- and 4-bit integer types of ml_dtypes.
+SMALL_INTEGERS = frozenset(np.dtype(t) for t in (ml_dtypes.int4, ml_dtypes.uint4, ml_dtypes.int2, ml_dtypes.uint2))
 #: float8e8m0 (MX scale type): an exponent, no mantissa, no sign.
 FLOAT8_E8M0 = np.dtype(ml_dtypes.float8_e8m0fnu)
 
@@ -309,8 +311,8 @@ def to_float8e8m0(x: np.ndarray, *, saturate: bool = True, round_mode: str = "up
 
 def _to_strings(x: np.ndarray) -> np.ndarray:
     """Numbers printed the way NumPy prints them (shortest round-trip form)."""
-    if x.dtype.itemsize < 2 and x.dtype.kind not in "biu":  # 4/8-bit floats: print their value
-        x = x.astype(np.float32)
+    if x.dtype.kind not in "biufc":  # ml_dtypes types (bfloat16, float8, int4, ...): print their value
+        x = x.astype(np.int64 if x.dtype in SMALL_INTEGERS else np.float32)
     return x.astype(str).astype(object)
 
 
