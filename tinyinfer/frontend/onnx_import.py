@@ -231,6 +231,8 @@ def attribute_value(attr: onnx.AttributeProto, base_dir: Path | None, node: Any 
     where = f" of {node.op_type} '{node.name}'" if node is not None else ""
     if kind in (A.GRAPH, A.GRAPHS):
         raise UnsupportedOpError(f"attribute '{attr.name}'{where} holds a subgraph; control flow is not supported")
+    if kind in (A.SPARSE_TENSOR, A.SPARSE_TENSORS):
+        raise InvalidAttributeError(f"attribute '{attr.name}'{where} holds a sparse tensor; sparse tensors are not supported")
     if kind == A.UNDEFINED and attr.ref_attr_name:
         raise UnsupportedOpError(f"attribute '{attr.name}'{where} refers to a function attribute")
     raise InvalidAttributeError(f"attribute '{attr.name}'{where} has unsupported type {kind}")

@@ -105,7 +105,10 @@ def run_case(case) -> None:
     """Run one node test case; raises AssertionError (or a TinyInferError) on failure."""
     rep = TinyInferBackend.prepare(case.model)
     for inputs, expected in case.data_sets:
-        outputs = rep.run(list(inputs))
+        # Some cases give their data as TensorProto (types NumPy cannot build directly).
+        inputs = [_as_array(x) for x in inputs]
+        expected = [_as_array(x) for x in expected]
+        outputs = rep.run(inputs)
         assert len(outputs) == len(expected), f"{len(outputs)} outputs, expected {len(expected)}"
         for got, want in zip(outputs, expected):
             want = np.asarray(want)
@@ -117,6 +120,12 @@ def run_case(case) -> None:
                 np.testing.assert_allclose(
                     got.astype(np.float64), want.astype(np.float64), rtol=case.rtol, atol=case.atol, equal_nan=True
                 )
+
+
+def _as_array(value):
+    if isinstance(value, onnx.TensorProto):
+        return onnx.numpy_helper.to_array(value)
+    return value
 
 
 def run_node_suite(cases: Iterable | None = None, progress: Callable | None = None) -> SuiteResult:
