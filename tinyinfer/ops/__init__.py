@@ -16,18 +16,23 @@ from .base import (
 )
 from . import (  # noqa: F401  (imported for their registrations)
     activation,
+    attention,
     conv,
     elementwise,
     generator,
     indexing,
     linalg,
+    loss,
     math,
     normalization,
     pool,
     quantize,
+    recurrent,
     reduce,
     resize,
+    signal,
     tensor,
+    vision,
 )
 from .inference import infer_shapes, prepare_graph
 
