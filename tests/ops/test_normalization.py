@@ -65,6 +65,17 @@ def test_batch_norm_training_mode_matches_reference():
     assert_matches_reference("BatchNormalization", [x, *params], 3, training_mode=1, momentum=0.8, **FLOAT32)
 
 
+def test_batch_norm_opset_9_training_outputs_match_onnxruntime():
+    """Before opset 14, asking for the extra outputs means training; the fifth output is the
+    saved inverse standard deviation in ONNX Runtime, which tinyinfer follows."""
+    x = random((3, 2, 4))
+    params = [random((2,), seed=1), random((2,), seed=2), random((2,), seed=3), random((2,), seed=4, low=0.5)]
+    got = run_tinyinfer("BatchNormalization", [x, *params], 5, opset=9, momentum=0.7)
+    want = run_onnxruntime("BatchNormalization", [x, *params], 5, opset=9, momentum=0.7)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, **FLOAT32)
+
+
 def test_batch_norm_opset_9_and_7_read_the_same():
     x = random((2, 3, 4))
     params = [Initializer(random((3,), seed=s, low=0.5)) for s in (1, 2, 3, 4)]

@@ -266,39 +266,38 @@ def window_geometry(node: Node, spatial: tuple[Dim, ...], kernel, *, ceil_mode: 
     rank = len(spatial)
     kernel = tuple(int(k) for k in kernel)
     strides, dilations, pads = _spatial_attributes(node, rank, kernel)
+    axes = [
+        _sliding_axis(node, i, size, kernel[i], strides[i], dilations[i], (pads[i], pads[rank + i]), ceil_mode)
+        for i, size in enumerate(spatial)
+    ]
+    begins, ends, outputs = map(tuple, zip(*axes))
+    return Window(kernel, strides, dilations, begins, ends, outputs)
+
+
+def _sliding_axis(node, axis, size, kernel, stride, dilation, pads, ceil_mode):
+    """(pad at the beginning, pad at the end, output length) along one spatial axis."""
     auto_pad = node.attrs["auto_pad"]
-    begins, ends, outputs = [], [], []
-    for i, size in enumerate(spatial):
-        stride = strides[i]
-        extent = dilations[i] * (kernel[i] - 1) + 1
-        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            if not isinstance(size, int):
-                begins.append(None), ends.append(None), outputs.append(None)
-                continue
-            length = -(-size // stride)
-            total = max(0, (length - 1) * stride + extent - size)
-            small = total // 2
-            begin, end = (small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small)
-        else:
-            begin, end = (0, 0) if auto_pad == "VALID" else (pads[i], pads[rank + i])
-            if not isinstance(size, int):
-                begins.append(begin), ends.append(end), outputs.append(None)
-                continue
-            span = size + begin + end - extent
-            if span < 0:
-                raise fail(
-                    node,
-                    f"the window spans {extent} positions along spatial axis {i} (kernel {kernel[i]}, "
-                    f"dilation {dilations[i]}) but the padded input has only {size + begin + end}",
-                )
-            if ceil_mode and auto_pad == "NOTSET":
-                length = -(-span // stride) + 1
-                if (length - 1) * stride >= size + begin:  # a window may not start in the end padding
-                    length -= 1
-            else:
-                length = span // stride + 1
-        begins.append(begin), ends.append(end), outputs.append(length)
-    return Window(kernel, strides, dilations, tuple(begins), tuple(ends), tuple(outputs))
+    extent = dilation * (kernel - 1) + 1
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if not isinstance(size, int):
+            return None, None, None
+        length = -(-size // stride)
+        begin, end = _split(max(0, (length - 1) * stride + extent - size), auto_pad)
+        return begin, end, length
+    begin, end = (0, 0) if auto_pad == "VALID" else pads
+    if not isinstance(size, int):
+        return begin, end, None
+    span = size + begin + end - extent
+    if span < 0:
+        raise fail(node, f"the window spans {extent} positions along spatial axis {axis} (kernel {kernel}, "
+                         f"dilation {dilation}) but the padded input has only {size + begin + end}")
+    if ceil_mode and auto_pad == "NOTSET":
+        length = -(-span // stride) + 1
+        if (length - 1) * stride >= size + begin:  # a window may not start in the end padding
+            length -= 1
+    else:
+        length = span // stride + 1
+    return begin, end, length
 
 
 def transposed_geometry(node: Node, spatial: tuple[Dim, ...], kernel) -> Window:
@@ -313,36 +312,45 @@ def transposed_geometry(node: Node, spatial: tuple[Dim, ...], kernel) -> Window:
     kernel = tuple(int(k) for k in kernel)
     strides, dilations, pads = _spatial_attributes(node, rank, kernel)
     output_padding = list(node.attrs["output_padding"] or [0] * rank)
-    wanted = node.attrs["output_shape"]
-    auto_pad = node.attrs["auto_pad"]
     if len(output_padding) != rank:
         raise fail(node, f"output_padding has {len(output_padding)} values, expected {rank} (one per spatial axis)")
+    wanted = node.attrs["output_shape"]
     if wanted is not None:
-        wanted = list(wanted)[-rank:] if len(wanted) in (rank, rank + 2) else None
-        if wanted is None:
-            raise fail(node, f"output_shape {node.attrs['output_shape']} must have {rank} values "
-                             f"(one per spatial axis)")
-    begins, ends, outputs = [], [], []
-    for i, size in enumerate(spatial):
-        if not isinstance(size, int):
-            begins.append(None), ends.append(None)
-            outputs.append(wanted[i] if wanted is not None else None)
-            continue
-        full = strides[i] * (size - 1) + output_padding[i] + dilations[i] * (kernel[i] - 1) + 1
-        if wanted is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            length = wanted[i] if wanted is not None else size * strides[i]
-            total = full - length
-            if auto_pad == "SAME_UPPER":
-                begin, end = total // 2, total - total // 2
-            else:
-                begin, end = total - total // 2, total // 2
-        else:
-            begin, end = (0, 0) if auto_pad == "VALID" else (pads[i], pads[rank + i])
-            length = full - begin - end
-        if length < 1:
-            raise fail(node, f"the output would have {length} positions along spatial axis {i}")
-        begins.append(begin), ends.append(end), outputs.append(length)
-    return Window(kernel, strides, dilations, tuple(begins), tuple(ends), tuple(outputs))
+        if len(wanted) not in (rank, rank + 2):  # some exporters spell out (N, C, ...) too
+            raise fail(node, f"output_shape {wanted} must have {rank} values (one per spatial axis)")
+        wanted = list(wanted)[-rank:]
+    axes = [
+        _transposed_axis(node, i, size, kernel[i], strides[i], dilations[i], (pads[i], pads[rank + i]),
+                         output_padding[i], None if wanted is None else wanted[i])
+        for i, size in enumerate(spatial)
+    ]
+    begins, ends, outputs = map(tuple, zip(*axes))
+    return Window(kernel, strides, dilations, begins, ends, outputs)
+
+
+def _transposed_axis(node, axis, size, kernel, stride, dilation, pads, output_padding, wanted):
+    """(crop at the beginning, crop at the end, output length) along one spatial axis."""
+    auto_pad = node.attrs["auto_pad"]
+    if not isinstance(size, int):
+        return None, None, wanted
+    full = stride * (size - 1) + output_padding + dilation * (kernel - 1) + 1
+    if wanted is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        length = wanted if wanted is not None else size * stride
+        # The spec gives the larger half to the end only for SAME_UPPER (NOTSET and SAME_LOWER
+        # put it at the beginning).
+        begin, end = _split(full - length, "SAME_UPPER" if auto_pad == "SAME_UPPER" else "SAME_LOWER")
+    else:
+        begin, end = (0, 0) if auto_pad == "VALID" else pads
+        length = full - begin - end
+    if length < 1:
+        raise fail(node, f"the output would have {length} positions along spatial axis {axis}")
+    return begin, end, length
+
+
+def _split(total: int, auto_pad: str) -> tuple[int, int]:
+    """Split a total padding in two; the odd one goes at the end for SAME_UPPER."""
+    small = total // 2
+    return (small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small)
 
 
 def pad_for_windows(x: np.ndarray, window: Window, value=0) -> np.ndarray:

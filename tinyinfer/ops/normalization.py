@@ -87,8 +87,11 @@ class BatchNormalization(Op):
         momentum = node.attrs["momentum"]
         running_mean = (mean * momentum + batch_mean * (1 - momentum)).astype(mean.dtype)
         running_var = (var * momentum + batch_var * (1 - momentum)).astype(var.dtype)
+        # Opsets 7-13 may also ask for the batch statistics ("saved" for the backward pass);
+        # like ONNX Runtime (and cuDNN), the saved variance is 1 / sqrt(var + epsilon).
+        saved_inverse_std = 1 / np.sqrt(batch_var + epsilon)
         outputs = (y.astype(x.dtype), running_mean, running_var,
-                   batch_mean.astype(mean.dtype), batch_var.astype(var.dtype))
+                   batch_mean.astype(mean.dtype), saved_inverse_std.astype(var.dtype))
         return outputs[: len(node.outputs)]
 
 
