@@ -1,6 +1,32 @@
-"""Models: the light reference architectures shipped with ONNX, and cost metrics."""
+"""Models: the zoo of chapter 02, the light reference architectures, and cost metrics."""
 
-from .light import LIGHT_MODELS, light_model_path, load_light_model, redraw_weights
+from . import (  # noqa: F401  (imported for their zoo registrations)
+    efficientnet,
+    ghostnet,
+    mobilenet,
+    mobilevit,
+    resnet,
+    shufflenet,
+    squeezenet,
+    vit,
+)
+from .builder import NetworkBuilder
+from .light import LIGHT_MODELS, calibrate_batchnorm, light_model_path, load_light_model, redraw_weights
 from .metrics import count_flops
+from .zoo import ZOO, ZooEntry, build, entry, list_models, register_model
 
-__all__ = ["LIGHT_MODELS", "count_flops", "light_model_path", "load_light_model", "redraw_weights"]
+__all__ = [
+    "LIGHT_MODELS",
+    "NetworkBuilder",
+    "ZOO",
+    "ZooEntry",
+    "build",
+    "calibrate_batchnorm",
+    "count_flops",
+    "entry",
+    "light_model_path",
+    "list_models",
+    "load_light_model",
+    "redraw_weights",
+    "register_model",
+]
