@@ -69,3 +69,28 @@ def entry(name: str) -> ZooEntry:
     if name not in ZOO:
         raise TinyInferError(f"no zoo model {name!r}; available: {', '.join(list_models())}")
     return ZOO[name]
+
+
+def measured_cost(model: onnx.ModelProto | Any, batch: int = 1) -> tuple[int, int]:
+    """(parameters, MACs per ``batch`` images) of a model, in the papers' convention.
+
+    Parameters: every initializer except BatchNormalization's running mean and variance
+    (buffers, not learned parameters — PyTorch's count, which the papers report). Small integer
+    constants (shapes, axes) are not parameters either. MACs: the multiply-adds of Conv,
+    ConvTranspose, Gemm and MatMul (:func:`tinyinfer.models.metrics.count_flops`).
+    """
+    from ..runtime import load
+    from .metrics import count_flops
+
+    graph = load(model)
+    buffers = set()
+    for node in graph.nodes:
+        if node.op_type == "BatchNormalization":
+            buffers.update(node.inputs[3:5])
+    params = sum(
+        int(array.size)
+        for name, array in graph.initializers.items()
+        if name not in buffers and array.dtype.kind == "f"
+    )
+    macs = sum(cost.macs for cost in count_flops(graph, batch=batch))
+    return params, macs

@@ -21,7 +21,7 @@ with Gers & Schmidhuber's peepholes, 2000, for LSTM):
 * **sequence_lens.** Batch entries may have shorter sequences. Reading "backwards" then
   means from each entry's own last step, so the steps are gathered through a per-entry time
   index; an entry whose sequence has ended keeps its state (``Y_h`` is its state after its
-  last real step) and writes zeros to ``Y``.
+  last real step) and writes zeros to ``Y``. An empty sequence ends with a zero state.
 * **layout=1** (opset 14) stores batch first: ``X`` is ``(batch, seq, input)``; it is
   transposed on the way in and out.
 
@@ -293,6 +293,10 @@ def run_direction(step, projected, states, lengths, reverse):
         y = y[order, entries]
     elif reverse:
         y = y[::-1]
+    if lengths is not None and (lengths == 0).any():
+        # An empty sequence has no last step: its final state is zero, as in ONNX Runtime
+        # (the spec leaves it open).
+        states = [np.where((lengths == 0)[:, None], 0, s) for s in states]
     return y, states
 
 
