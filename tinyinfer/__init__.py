@@ -18,12 +18,22 @@ __version__ = "0.1.0"
 
 
 def save(graph: Graph, path: str | os.PathLike) -> None:
-    """Write a graph to ``path`` as ONNX (``.onnx``)."""
+    """Write a graph to ``path``: ONNX for ``.onnx``, tinyinfer's own format for ``.tinf``.
+
+    ``load`` (and ``InferenceSession``) read both back.
+    """
+    suffix = os.fspath(path).rsplit(".", 1)[-1].lower()
+    if suffix == "tinf":
+        from .ir.serialize import save_tinf
+
+        save_tinf(graph, path)
+        return
+    if suffix != "onnx":
+        raise TinyInferError(
+            f"cannot save to '{path}': tinyinfer writes .onnx files (ONNX) and .tinf files (its own format)"
+        )
     from .frontend import save_onnx
 
-    suffix = os.fspath(path).rsplit(".", 1)[-1].lower()
-    if suffix != "onnx":
-        raise TinyInferError(f"cannot save to '{path}': tinyinfer writes .onnx files")
     save_onnx(graph, path)
 
 

@@ -1,9 +1,14 @@
 """The ``tinyinfer`` command: one subcommand per user task.
 
-    tinyinfer info MODEL                 inputs, outputs, op histogram, parameters, FLOPs
+    tinyinfer info MODEL [--layers]      inputs, outputs, parameters, MACs, FLOPs, memory, op histogram
     tinyinfer run MODEL [--input x=a.npy] [--output out.npz]
     tinyinfer conformance [--op Conv] [-v]
     tinyinfer bench MODEL                tinyinfer vs ONNX Runtime (and onnx.reference), one run
+    tinyinfer zoo list                   the zoo's networks, our parameters and MACs next to their papers'
+    tinyinfer zoo export NAME OUT.onnx   build a zoo network (--width, --resolution, --seed) and save it
+
+MODEL is an .onnx path, ``light:NAME`` (a light model shipped with onnx) or ``zoo:NAME`` (a zoo
+network at its paper's configuration).
 """
 
 from __future__ import annotations
@@ -31,13 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinyinfer", description="A small DNN inference engine.")
     sub = parser.add_subparsers(title="commands")
 
-    p = sub.add_parser("info", help="inputs, outputs, op histogram, parameters and FLOPs of a model")
-    p.add_argument("model", help="an .onnx path, or light:NAME (e.g. light:resnet50)")
+    p = sub.add_parser("info", help="inputs, outputs, parameters, MACs, FLOPs, memory and op histogram of a model")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--nodes", action="store_true", help="also list every node")
+    p.add_argument("--layers", action="store_true", help="also print the cost of every layer")
+    p.add_argument("--top", type=int, default=None, metavar="N", help="with --layers: only the N layers with the most FLOPs")
+    p.add_argument("--batch", type=int, default=1, help="size of every symbolic dim when counting costs (default 1)")
     p.set_defaults(handler=_info)
 
     p = sub.add_parser("run", help="run a model on given or random inputs")
-    p.add_argument("model")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", help="a feed (repeatable)")
     p.add_argument("--output", metavar="OUT.npz", help="save every output to this .npz file")
     p.add_argument("--dim", action="append", default=[], metavar="SYMBOL=SIZE", help="size of a symbolic dim")
@@ -46,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_run)
 
     p = sub.add_parser("bench", help="time tinyinfer against ONNX Runtime (and onnx.reference) in one run")
-    p.add_argument("model")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--repeat", type=int, default=10, help="timed runs per engine (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
     p.add_argument("--dim", action="append", default=[], metavar="SYMBOL=SIZE", help="size of a symbolic dim")
@@ -61,7 +69,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", dest="pattern", default=None, help="only tests whose name contains this text")
     p.add_argument("-v", "--verbose", action="store_true", help="list every failure")
     p.set_defaults(handler=_conformance)
+
+    p = sub.add_parser("zoo", help="the networks of chapter 02: list them, or export one to ONNX")
+    p.set_defaults(handler=lambda args, usage=p: _print_help(usage))
+    zoo = p.add_subparsers(title="zoo commands")
+    q = zoo.add_parser("list", help="every zoo network with our parameters and MACs next to its paper's")
+    q.add_argument("--no-build", action="store_true", help="only the papers' figures: do not build and measure")
+    q.set_defaults(handler=_zoo_list)
+    q = zoo.add_parser("export", help="build a zoo network and save it as ONNX")
+    q.add_argument("name", help="a zoo name (see `tinyinfer zoo list`)")
+    q.add_argument("output", metavar="OUT.onnx")
+    q.add_argument("--width", type=float, default=None, help="width multiplier (the builder's default if omitted)")
+    q.add_argument("--resolution", type=int, default=None, help="input side in pixels (the builder's default if omitted)")
+    q.add_argument("--seed", type=int, default=None, help="seed of the random weights (the builder's default if omitted)")
+    q.set_defaults(handler=_zoo_export)
     return parser
+
+
+MODEL_HELP = "an .onnx path, light:NAME (e.g. light:resnet50) or zoo:NAME (e.g. zoo:mobilenet_v2)"
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
 
 
 def _progress(items, desc: str, unit: str = "it"):
@@ -99,8 +129,13 @@ def _dims(pairs: list[str]) -> dict[str, int]:
 
 
 def resolve_model(spec: str):
-    """A model argument: a path, or ``light:NAME`` for a light model shipped with onnx
-    (weights re-drawn, see :mod:`tinyinfer.models.light`)."""
+    """A model argument: a path, ``light:NAME`` for a light model shipped with onnx (weights
+    re-drawn, see :mod:`tinyinfer.models.light`) or ``zoo:NAME`` for a zoo network built at
+    its default configuration (:mod:`tinyinfer.models.zoo`)."""
+    if spec.startswith("zoo:"):
+        from .models import build
+
+        return build(_zoo_name(spec.split(":", 1)[1]))
     if spec.startswith("light:"):
         from .models.light import LIGHT_MODELS, load_light_model
 
@@ -113,7 +148,7 @@ def resolve_model(spec: str):
 
 def _info(args) -> int:
     from . import load
-    from .models.metrics import count_flops
+    from .models.metrics import analyze, human_bytes, human_count
 
     graph = load(resolve_model(args.model))
     print(f"model: {args.model}")
@@ -122,16 +157,118 @@ def _info(args) -> int:
         print(f"  input  {value.name}: {value.type_str()}")
     for value in graph.outputs:
         print(f"  output {value.name}: {value.type_str()}")
-    print(f"parameters: {graph.parameter_count():,} ({graph.parameter_bytes() / 2**20:.2f} MiB in {len(graph.initializers)} initializers)")
-    costs = count_flops(graph)
-    macs = sum(c.macs for c in costs)
-    flops = sum(c.flops for c in costs)
-    print(f"compute (batch 1): {macs / 1e6:,.1f} M MACs, {flops / 1e9:,.3f} GFLOPs (1 MAC = 2 FLOPs)")
+    if args.model.startswith("zoo:"):
+        _print_paper_figures(args.model.split(":", 1)[1], graph)
+    report = analyze(graph, batch=args.batch)
+    totals = report.totals
+    print(f"parameters: {totals['params']:,} ({human_bytes(totals['param_bytes'])} in {len(graph.initializers)} initializers)")
+    print(f"cost at batch {args.batch} (symbolic dims set to {args.batch}; 1 MAC = 2 FLOPs):")
+    rows = [
+        ("MACs", f"{totals['macs']:,} ({human_count(totals['macs'])})", "multiply-accumulates of conv and matmul layers"),
+        ("FLOPs", f"{totals['flops']:,} ({human_count(totals['flops'])})", "every op, see tinyinfer.models.metrics"),
+        ("activation memory", human_bytes(totals["activation_bytes"]), "every node's outputs, no buffer reuse"),
+        ("peak activation memory", human_bytes(totals["peak_activation_bytes"]),
+         f"freeing each tensor after its last use; peak at {report.peak_node or '-'}"),
+        ("memory access", human_bytes(totals["memory_access"]), "inputs + weights + outputs of every node"),
+        ("arithmetic intensity", f"{totals['arithmetic_intensity']:.2f} FLOP/byte", "FLOPs / memory access"),
+    ]
+    for label, value, note in rows:
+        print(f"  {label:<23} {value:<30} {note}")
+    if report.unknown:
+        shown = ", ".join(report.unknown[:5]) + (", ..." if len(report.unknown) > 5 else "")
+        print(f"  (shapes unknown for {len(report.unknown)} node(s), counted as zero: {shown})")
     print("ops:")
-    for op_type, count in graph.op_histogram().most_common():
-        print(f"  {op_type:<24} {count}")
+    groups = report.by_op()
+    histogram = graph.op_histogram()
+    for op_type, count in histogram.most_common():
+        flops = groups.get(op_type, {}).get("flops", 0)
+        share = f"{100 * flops / totals['flops']:5.1f} % of FLOPs" if totals["flops"] else ""
+        print(f"  {op_type:<24} {count:>5}  {human_count(flops):>8} FLOPs  {share}")
+    if args.layers:
+        print(report.table(top=args.top))
     if args.nodes:
         print(graph.summary(max_nodes=None))
+    return 0
+
+
+def _print_paper_figures(name: str, graph) -> None:
+    from .models import entry
+    from .models.metrics import human_count
+    from .models.zoo import measured_cost
+
+    paper = entry(name)
+    params, macs = measured_cost(graph)
+    print(f"paper: {paper.paper}")
+    print(f"  reports {human_count(paper.params)} parameters, {human_count(paper.macs)} MACs; "
+          f"this build {human_count(params)} parameters (BN statistics excluded), {human_count(macs)} MACs")
+
+
+def _zoo_name(name: str) -> str:
+    """``name`` if the zoo has it, else a clear error listing what it has."""
+    from .models import list_models
+
+    names = list_models()
+    if name not in names:
+        available = ", ".join(names) if names else "none are registered"
+        raise TinyInferError(f"unknown zoo model {name!r}; available: {available}")
+    return name
+
+
+def _zoo_list(args) -> int:
+    from .models import build, entry, list_models
+    from .models.metrics import human_count
+    from .models.zoo import measured_cost
+
+    names = list_models()
+    if not names:
+        print("no zoo models registered")
+        return 0
+    rows, failures = [], []
+    for name in _progress(names, "zoo", "model"):
+        info = entry(name)
+        ours = ("-", "-")
+        if not args.no_build:
+            try:
+                params, macs = measured_cost(build(name))
+                ours = (human_count(params), human_count(macs))
+            # A broken builder must not hide the rest of the zoo: report it and go on.
+            except Exception as exc:  # noqa: BLE001
+                failures.append(f"{name}: {type(exc).__name__}: {exc}")
+                ours = ("error", "error")
+        rows.append((name, info.family, ours[0], human_count(info.params), ours[1], human_count(info.macs), info.paper))
+    header = ("name", "family", "params", "(paper)", "MACs", "(paper)", "paper")
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        cells = [f"{row[0]:<{widths[0]}}", f"{row[1]:<{widths[1]}}"] + [f"{c:>{w}}" for c, w in zip(row[2:6], widths[2:6])]
+        print("  ".join(cells) + "  " + row[6])
+    print("params: this build's parameters, BatchNorm statistics excluded (as the papers count); "
+          "MACs: multiply-accumulates per image at the paper's configuration")
+    notes = [(name, entry(name).note) for name in names if entry(name).note]
+    for name, note in notes:
+        print(f"  note on {name}: {note}")
+    for failure in failures:
+        print(f"tinyinfer: warning: cannot build {failure}", file=sys.stderr)
+    return 0
+
+
+def _zoo_export(args) -> int:
+    import onnx
+
+    from .models import build
+    from .models.metrics import human_count
+    from .models.zoo import measured_cost
+
+    name = _zoo_name(args.name)
+    config = {key: getattr(args, key) for key in ("width", "resolution", "seed") if getattr(args, key) is not None}
+    model = build(name, **config)
+    try:
+        onnx.save(model, args.output)
+    except OSError as exc:
+        raise TinyInferError(f"cannot write '{args.output}': {exc}") from None
+    params, macs = measured_cost(model)
+    settings = ", ".join(f"{key}={value}" for key, value in config.items()) or "default configuration"
+    print(f"wrote {args.output}: {name} ({settings}), {len(model.graph.node)} nodes, "
+          f"{human_count(params)} parameters, {human_count(macs)} MACs per image")
     return 0
 
 

@@ -273,6 +273,29 @@ class Graph:
     def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes)
 
+    def copy(self) -> "Graph":
+        """A copy that passes may rewrite freely: new node, value and container objects.
+
+        Initializer arrays are shared, not copied: tinyinfer treats weights as immutable
+        (a pass that changes a weight stores a new array under a new or the same name).
+        """
+        def copy_value(v: Value) -> Value:
+            return Value(v.name, v.dtype, v.shape, const=v.const)
+
+        return Graph(
+            nodes=[
+                Node(n.op_type, list(n.inputs), list(n.outputs), dict(n.attrs), n.domain, n.name, n.version)
+                for n in self.nodes
+            ],
+            inputs=[copy_value(v) for v in self.inputs],
+            outputs=[copy_value(v) for v in self.outputs],
+            initializers=dict(self.initializers),
+            opset=dict(self.opset),
+            name=self.name,
+            value_info={k: copy_value(v) for k, v in self.value_info.items()},
+            metadata=dict(self.metadata),
+        )
+
     def unique_name(self, stem: str) -> str:
         """A tensor or node name not used anywhere in the graph yet."""
         taken = set(self.initializers) | set(self.input_names) | set(self.output_names)

@@ -246,3 +246,17 @@ class NetworkBuilder:
 
             model = calibrate_batchnorm(model, seed=seed)
         return model
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """``value`` rounded to the nearest multiple of ``divisor``, never more than 10% below it.
+
+    The channel rounding of the MobileNet reference implementations (TensorFlow's slim
+    ``mobilenet`` and its ports): widths scaled by a multiplier are snapped to multiples of 8,
+    which vector units like, but a layer never shrinks by more than 10% through the rounding.
+    """
+    floor = divisor if min_value is None else min_value
+    rounded = max(floor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded

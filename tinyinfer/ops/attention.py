@@ -21,7 +21,9 @@ depthwise convolution that precedes it in Mamba / Gated DeltaNet blocks, with it
 state for token-by-token decoding.
 
 Half-precision inputs (float16, bfloat16) compute in float32 and are rounded back at the end,
-like MatMul in :mod:`tinyinfer.ops.linalg`.
+like MatMul in :mod:`tinyinfer.ops.linalg`. Attention is the exception: the spec defines it by
+a function body in which every intermediate tensor has Q's type, so its reference rounds at
+the same points (matmuls still accumulate in float32) and matches the spec bit for bit.
 """
 
 from __future__ import annotations
@@ -68,8 +70,10 @@ class Attention(Op):
     whose bias is ``-inf`` everywhere attends nothing: its probabilities and output are 0.
 
     The optional 4th output is the score matrix at the stage ``qk_matmul_output_mode`` names:
-    0 after the matmul, 1 after the softcap, 2 after adding the bias, 3 after the softmax.
-    ``softmax_precision`` (an ONNX float type) is the type the softmax runs in.
+    0 after the matmul, 1 after the softcap, 2 after adding the bias, 3 after the softmax
+    (mode 0 is before the softcap, as the spec says and ONNX Runtime does; ``onnx.reference``
+    returns the capped scores there). ``softmax_precision`` (an ONNX float type) is the type the softmax
+    runs in; by default Q's type.
 
     Spec: Attention-23, -24 (``nonpad_kv_seqlen``) and -25 (window sizes), with the 1.23
     errata (bottom-right causal alignment; fully-masked rows give 0 instead of NaN).
@@ -118,8 +122,8 @@ class Attention(Op):
         require_inputs(node, inputs, 3, 7 if node.version >= 24 else 6)
         q, k, v, mask, past_key, past_value, nonpad = (*inputs, None, None, None, None)[:7]
         _check_cache_inputs(node, past_key, past_value, nonpad)
-        outputs_shape_known = all(x.shape is not None for x in (q, k, v))
-        sizes = _attention_sizes(node, q.shape, k.shape, v.shape) if outputs_shape_known else None
+        shapes_known = all(x.shape is not None for x in (q, k, v))
+        sizes = _attention_sizes(node, q.shape, k.shape, v.shape) if shapes_known else None
         y_shape = key_shape = value_shape = scores_shape = None
         if sizes is not None:
             total = sizes.kv_length
@@ -155,18 +159,19 @@ class Attention(Op):
         batch, q_heads, q_length, _ = q.shape
         kv_heads, total = k.shape[1], k.shape[2]
         group = q_heads // kv_heads
-        compute = compute_dtype(q.dtype)
+        t1 = q.dtype  # every intermediate has Q's type, as in the spec's function body
 
         # Scores, one batched matmul: query heads grouped under the K/V head they share, so K
         # is broadcast over the group instead of copied.
         scale = attrs["scale"] if attrs["scale"] is not None else 1.0 / np.sqrt(q.shape[-1])
-        root = compute.type(np.sqrt(scale))
-        grouped_q = (q.astype(compute) * root).reshape(batch, kv_heads, group, q_length, -1)
-        shared_k = (k.astype(compute) * root)[:, :, None]
-        raw = np.matmul(grouped_q, shared_k.swapaxes(-1, -2)).reshape(batch, q_heads, q_length, total)
+        root = t1.type(np.sqrt(scale))
+        grouped_q = (q * root).reshape(batch, kv_heads, group, q_length, -1)
+        shared_k = (k * root)[:, :, None]
+        raw = _matmul(grouped_q, shared_k.swapaxes(-1, -2)).reshape(batch, q_heads, q_length, total)
         capped = raw
         if attrs["softcap"] > 0:
-            capped = attrs["softcap"] * np.tanh(raw / attrs["softcap"])
+            cap = t1.type(attrs["softcap"])
+            capped = cap * np.tanh(raw / cap)
 
         if past_key is not None:
             offset = past_key.shape[2]
@@ -174,30 +179,23 @@ class Attention(Op):
             offset = nonpad_kv_seqlen.astype(np.int64).reshape(-1, 1, 1, 1) - q_length
         else:
             offset = 0
-        bias = _attention_bias(node, attn_mask, nonpad_kv_seqlen, offset, q_length, total, compute)
+        bias = _attention_bias(node, attn_mask, nonpad_kv_seqlen, offset, q_length, total, t1)
         logits = capped if bias is None else capped + bias
 
-        softmax_input = logits
-        if attrs["softmax_precision"] is not None:
-            precision = dtypes.from_onnx(attrs["softmax_precision"])
-            # Round to the requested type; half types then run in float32 like the rest.
-            softmax_input = logits.astype(precision).astype(compute_dtype(precision))
+        precision = attrs["softmax_precision"]
+        softmax_input = logits if precision is None else logits.astype(dtypes.from_onnx(precision))
         empty_rows = None if bias is None else np.isneginf(bias.max(axis=-1, keepdims=True))
-        probabilities = _softmax_rows(softmax_input, empty_rows)
-        # The spec's graph holds the probabilities in Q's type before the second matmul.
-        weights = probabilities.astype(q.dtype).astype(compute)
-        y = np.matmul(weights.reshape(batch, kv_heads, group, q_length, total),
-                      v.astype(compute)[:, :, None])
+        probabilities = _softmax_rows(softmax_input, empty_rows).astype(t1)
+        y = _matmul(probabilities.reshape(batch, kv_heads, group, q_length, total), v[:, :, None])
         y = y.reshape(batch, q_heads, q_length, -1)
         if sizes.packed:
             y = y.transpose(0, 2, 1, 3).reshape(batch, q_length, -1)
 
-        wants_scores = len(node.outputs) > 3 and bool(node.outputs[3])
         scores = None
-        if wants_scores:
+        if len(node.outputs) > 3 and node.outputs[3]:
             stage = (raw, capped, logits, probabilities)[attrs["qk_matmul_output_mode"]]
-            scores = np.broadcast_to(stage, (batch, q_heads, q_length, total)).astype(q.dtype)
-        return y.astype(q.dtype), present_key, present_value, scores
+            scores = np.broadcast_to(stage, (batch, q_heads, q_length, total)).astype(t1)
+        return y, present_key, present_value, scores
 
 
 @dataclasses.dataclass
@@ -329,14 +327,21 @@ def _attention_bias(node, mask, nonpad, offset, q_length: int, total: int, dtype
 
 def _softmax_rows(logits: np.ndarray, empty_rows: np.ndarray | None) -> np.ndarray:
     """Softmax over the last axis, shifted by the row maximum; rows in ``empty_rows`` are 0."""
+    zero, one = logits.dtype.type(0), logits.dtype.type(1)
     peak = logits.max(axis=-1, keepdims=True)
-    peak = np.where(np.isneginf(peak), 0, peak)  # an all -inf row: exp(-inf - 0) = 0, no NaN
+    peak = np.where(np.isneginf(peak), zero, peak)  # an all -inf row: exp(-inf - 0) = 0, no NaN
     e = np.exp(logits - peak)
     total = e.sum(axis=-1, keepdims=True)
-    probabilities = e / np.where(total == 0, 1, total)
+    probabilities = e / np.where(total == 0, one, total)
     if empty_rows is not None:
-        probabilities = np.where(empty_rows, 0, probabilities).astype(logits.dtype, copy=False)
+        probabilities = np.where(empty_rows, zero, probabilities)
     return probabilities
+
+
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` in ``a``'s type, accumulated in float32 for half types (like MatMul)."""
+    wide = compute_dtype(a.dtype)
+    return np.matmul(a.astype(wide, copy=False), b.astype(wide, copy=False)).astype(a.dtype, copy=False)
 
 
 def _unpack_heads(x: np.ndarray, heads: int) -> np.ndarray:

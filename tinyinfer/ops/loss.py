@@ -89,15 +89,13 @@ def _per_sample_shape(node, scores: Shape | None, target: Shape | None) -> Shape
     expected = (scores[0], *scores[2:])
     if target is None:
         return expected
-    if len(target) != len(expected):
+    mismatch = len(target) != len(expected) or any(
+        _known(s) and _known(t) and s != t for s, t in zip(expected, target)
+    )
+    if mismatch:
         raise fail(node, f"target must have shape [N, d1, ..., dk] = {shape_str(expected)} for scores "
                          f"{shape_str(scores)}, got {shape_str(target)}")
-    merged: list[Dim] = []
-    for s, t in zip(expected, target):
-        if _known(s) and _known(t) and s != t:
-            raise fail(node, f"target must have shape {shape_str(expected)} for scores {shape_str(scores)}, "
-                             f"got {shape_str(target)}")
-        merged.append(s if _known(s) else t)
+    merged: list[Dim] = [s if _known(s) else t for s, t in zip(expected, target)]
     return tuple(merged)
 
 
@@ -124,8 +122,11 @@ def negative_log_likelihood(node, log_prob: np.ndarray, target: np.ndarray, weig
     picked = np.take_along_axis(log_prob, label[:, None], axis=1)[:, 0].astype(np.float64)
     sample_weight = np.ones(label.shape) if weight is None else weight.astype(np.float64)[label]
     sample_weight[ignored] = 0.0
-    # np.where, not a product with the zero weight: -inf * 0 would be NaN for an ignored sample.
-    loss = np.where(ignored, 0.0, -picked * sample_weight)
+    # An ignored sample may sit on a class of log-probability -inf, and -inf * 0 is NaN:
+    # zero its log-probability before the product.
+    picked[ignored] = 0.0
+    loss = -picked * sample_weight
+    loss[ignored] = 0.0  # +0.0, not -0.0
     reduction = node.attrs["reduction"]
     if reduction == "sum":
         loss = np.sum(loss)

@@ -18,8 +18,9 @@ spectrum is always ``[..., 2]``, except the inverse of a one-sided spectrum, whi
 zero-padded up to N first. ``onesided=1`` uses the conjugate symmetry of the spectrum of a
 real signal, ``X[N - k] = conj(X[k])``: the forward transform takes a real signal and keeps
 bins ``0 .. N//2`` (an RFFT); the inverse takes those bins and returns the real signal (an
-IRFFT, whose default N is ``2 * (bins - 1)``). ``np.fft`` computes each in O(N log N); the
-arithmetic is done in complex128 and rounded once to the input type.
+IRFFT, whose default N is ``2 * (bins - 1)``). ``np.fft`` computes each in O(N log N), in
+the input's own precision as ONNX Runtime does: complex128 for float64, complex64 for float32
+and the half types (whose results are then rounded to the input type).
 
 **Windows** are the generalised cosine windows of F. J. Harris, "On the use of windows for
 harmonic analysis with the discrete Fourier transform" (Proc. IEEE 66, 1978):
@@ -58,6 +59,10 @@ class DFT(Op):
     ``axis`` (default 1) up to opset 19 and the optional scalar input ``axis`` (default -2,
     the last signal axis) from opset 20. Either way it may not be the last (real/imaginary)
     axis: it lies in ``[-r, -2]`` or ``[0, r - 2]`` for an input of rank r.
+
+    An inverse one-sided transform reads bins ``0 .. N//2`` of its input: extra bins are
+    ignored and missing ones taken as 0 (as NumPy's ``irfft`` and ONNX's reference do; ONNX
+    Runtime gives other values when the bin count is not ``N//2 + 1``).
     """
 
     op_type = "DFT"
@@ -172,11 +177,13 @@ def _transformed_length(node: Node, axis_size: Dim, given: list[int] | None) -> 
 
 
 def _complex(x: np.ndarray) -> np.ndarray:
-    """``[..., 1]`` or ``[..., 2]`` real pairs as a complex128 array without the last axis."""
-    x = x.astype(np.float64)
-    if x.shape[-1] == 1:
-        return x[..., 0].astype(np.complex128)
-    return x[..., 0] + 1j * x[..., 1]
+    """``[..., 1]`` or ``[..., 2]`` real pairs as a complex array without the last axis:
+    complex128 for float64, complex64 for every narrower float type."""
+    complex_type = np.complex128 if x.dtype == np.float64 else np.complex64
+    z = x[..., 0].astype(complex_type)
+    if x.shape[-1] == 2:
+        z.imag = x[..., 1]
+    return z
 
 
 def _real_pairs(z: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -249,7 +256,7 @@ class STFT(Op):
         count = _frame_count(node, samples, length, step)
         # frames[b, f, t] = signal[b, f * step + t]: a strided view, nothing copied.
         frames = np.lib.stride_tricks.sliding_window_view(_complex(signal), length, axis=1)[:, ::step][:, :count]
-        taper = np.ones(length) if window is None else window.astype(np.float64)
+        taper = np.ones(length, frames.real.dtype) if window is None else window.astype(frames.real.dtype)
         if node.attrs["onesided"]:
             spectrum = np.fft.rfft(frames.real * taper, axis=-1)
         else:
@@ -300,8 +307,8 @@ def _scalar(node: Node, value, name: str) -> None:
 class _CosineWindow(Op):
     """``w[n] = a0 - a1 cos(2 pi n / P) + a2 cos(4 pi n / P)``, n < size (module docstring).
 
-    A window of one point is [1] whether periodic or not (for the symmetric one the formula
-    would divide 0 by 0; PyTorch and SciPy return 1 as well).
+    A symmetric window of one point is [1]: there the formula would divide 0 by 0 (ONNX
+    Runtime returns NaN); PyTorch and SciPy return 1 as well.
     """
 
     since = 17
@@ -327,7 +334,7 @@ class _CosineWindow(Op):
             raise fail(node, f"size must be >= 0, got {size}")
         period = size if node.attrs["periodic"] else size - 1
         a0, a1, a2 = self.coefficients
-        if period <= 0:
+        if period == 0:  # a symmetric window of one point (or an empty periodic one)
             window = np.ones(size)
         else:
             angle = 2 * np.pi * np.arange(size) / period

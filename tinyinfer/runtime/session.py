@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import ops
 from ..errors import FeedNameError, FeedShapeError, FeedTypeError, TinyInferError
-from ..ir import Graph, Value, dtypes
+from ..ir import Graph, Value, dtypes, serialize
 from .plan import Plan, compile_plan
 from .profiler import NodeRecord, Profile
 
@@ -40,9 +40,13 @@ class NodeArg:
 
 
 def load(source: Any) -> Graph:
-    """Import a model (path, bytes, ``onnx.ModelProto`` or Graph) and prepare its ops."""
+    """Import a model (ONNX or ``.tinf`` path or bytes, ``onnx.ModelProto`` or Graph) and prepare its ops."""
     if isinstance(source, Graph):
         return ops.prepare_graph(source)
+    if serialize.is_tinf(source):  # a .tinf path, or bytes that start with its magic
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            return ops.prepare_graph(serialize.load_tinf_bytes(source))
+        return ops.prepare_graph(serialize.load_tinf(source))
     from ..frontend import safe_load  # the runtime sits above the frontend
 
     graph = safe_load(source)
@@ -53,11 +57,13 @@ class InferenceSession:
     """Run a model. ``model`` is a path, serialized bytes, an ``onnx.ModelProto`` or a Graph.
 
     ``backend="reference"`` runs every node with its plain NumPy reference op.
+    ``opt_level`` ("O0" … "O3", default "O2") chooses the graph passes run before planning;
+    ``sess.optimization`` is their report and ``sess.source_graph`` the graph as imported.
     ``check_shapes=True`` checks every node's result against the inferred dtype and shape
     (slower; the conformance tests use it to test shape inference).
     """
 
-    def __init__(self, model: Any, *, backend: str = "reference", check_shapes: bool = False, **options: Any):
+    def __init__(self, model: Any, *, backend: str = "reference", opt_level: str = "O2", check_shapes: bool = False, **options: Any):
         if backend not in BACKENDS:
             raise TinyInferError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
         if options.get("providers") is not None or options.get("sess_options") is not None:
@@ -65,7 +71,11 @@ class InferenceSession:
             options.pop("sess_options", None)
         if options:
             raise TinyInferError(f"unknown session option(s): {sorted(options)}")
-        self.graph = load(model)
+        from ..passes import PassManager  # passes sit below the runtime; imported late to keep import light
+
+        self.source_graph = load(model)
+        self.graph, self.optimization = PassManager(opt_level).run(self.source_graph)
+        self.opt_level = opt_level
         self.backend = backend
         self.check_shapes = check_shapes
         self._plans: dict[tuple, Plan] = {}

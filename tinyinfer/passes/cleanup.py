@@ -1,0 +1,80 @@
+"""O1 cleanup passes: rewrites that never change a result, only remove work.
+
+* constant folding — a node whose inputs are all known before running (weights, static
+  shapes) is computed once, now, and replaced by its result;
+* identity elimination — Identity, and Dropout outside training, pass their input through;
+* dead-code elimination — nodes whose outputs nobody reads, and unused weights, go.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ops
+from ..ir import Graph
+from .base import register_pass
+from .rewrite import bypass
+
+
+@register_pass("constant_folding", "O1")
+def fold_constants(graph: Graph) -> list[str]:
+    """Compute nodes whose inputs are all constant and store their results as weights."""
+    values = ops.infer_shapes(graph)
+    notes = []
+    kept = []
+    for node in graph.nodes:
+        results = [values.get(name) for name in node.outputs if name]
+        foldable = (
+            node.outputs
+            and getattr(ops.get_op(node), "deterministic", True)
+            and all(v is not None and v.const is not None for v in results)
+        )
+        if not foldable:
+            kept.append(node)
+            continue
+        for value in results:
+            graph.initializers[value.name] = np.asarray(value.const)
+        notes.append(f"folded {node.op_type} '{node.name}' into {len(results)} constant(s)")
+    graph.nodes = kept
+    return notes
+
+
+@register_pass("eliminate_identity", "O1")
+def eliminate_identity(graph: Graph) -> list[str]:
+    """Remove Identity nodes, and Dropout nodes that run in inference mode."""
+    notes = []
+    for node in list(graph.nodes):
+        if node.op_type == "Identity" or (node.op_type == "Dropout" and _inference_dropout(graph, node)):
+            if len(node.outputs) > 1 and node.outputs[1]:
+                continue  # the mask is used; keep the node
+            if bypass(graph, node, node.inputs[0], node.outputs[0]):
+                notes.append(f"removed {node.op_type} '{node.name}'")
+    return notes
+
+
+def _inference_dropout(graph: Graph, node) -> bool:
+    """Dropout is the identity unless training_mode is given and true (opset 12+)."""
+    if len(node.inputs) < 3 or not node.inputs[2]:
+        return True
+    flag = graph.initializers.get(node.inputs[2])
+    return flag is not None and not bool(np.asarray(flag).reshape(-1)[0])
+
+
+@register_pass("dead_code_elimination", "O1")
+def eliminate_dead_code(graph: Graph) -> list[str]:
+    """Remove nodes whose outputs are never read, then weights nobody reads."""
+    notes = []
+    needed = set(graph.output_names)
+    kept = []
+    for node in reversed(graph.topological_order()):
+        if any(name and name in needed for name in node.outputs):
+            kept.append(node)
+            needed.update(node.present_inputs)
+        else:
+            notes.append(f"removed unused {node.op_type} '{node.name}'")
+    graph.nodes = kept[::-1]
+    for name in list(graph.initializers):
+        if name not in needed:
+            del graph.initializers[name]
+            notes.append(f"removed unused weight '{name}'")
+    return notes
