@@ -18,6 +18,8 @@ import sys
 
 from .errors import TinyInferError
 
+MODEL_HELP = "an .onnx path, light:NAME (e.g. light:resnet50) or zoo:NAME (e.g. zoo:mobilenet_v2)"
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
@@ -40,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--nodes", action="store_true", help="also list every node")
     p.add_argument("--layers", action="store_true", help="also print the cost of every layer")
-    p.add_argument("--top", type=int, default=None, metavar="N", help="with --layers: only the N layers with the most FLOPs")
+    p.add_argument("--top", type=int, default=None, metavar="N",
+                   help="with --layers: only the N layers with the most FLOPs")
     p.add_argument("--batch", type=int, default=1, help="size of every symbolic dim when counting costs (default 1)")
     p.set_defaults(handler=_info)
 
@@ -71,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_conformance)
 
     p = sub.add_parser("zoo", help="the networks of chapter 02: list them, or export one to ONNX")
-    p.set_defaults(handler=lambda args, usage=p: _print_help(usage))
+    p.set_defaults(handler=lambda args, zoo_parser=p: _print_help(zoo_parser))
     zoo = p.add_subparsers(title="zoo commands")
     q = zoo.add_parser("list", help="every zoo network with our parameters and MACs next to its paper's")
     q.add_argument("--no-build", action="store_true", help="only the papers' figures: do not build and measure")
@@ -80,13 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("name", help="a zoo name (see `tinyinfer zoo list`)")
     q.add_argument("output", metavar="OUT.onnx")
     q.add_argument("--width", type=float, default=None, help="width multiplier (the builder's default if omitted)")
-    q.add_argument("--resolution", type=int, default=None, help="input side in pixels (the builder's default if omitted)")
-    q.add_argument("--seed", type=int, default=None, help="seed of the random weights (the builder's default if omitted)")
+    q.add_argument("--resolution", type=int, default=None, help="input side in pixels (builder's default if omitted)")
+    q.add_argument("--seed", type=int, default=None, help="seed of the random weights (builder's default if omitted)")
     q.set_defaults(handler=_zoo_export)
     return parser
-
-
-MODEL_HELP = "an .onnx path, light:NAME (e.g. light:resnet50) or zoo:NAME (e.g. zoo:mobilenet_v2)"
 
 
 def _print_help(parser: argparse.ArgumentParser) -> int:
@@ -150,6 +150,8 @@ def _info(args) -> int:
     from . import load
     from .models.metrics import analyze, human_bytes, human_count
 
+    if args.batch < 1:
+        raise TinyInferError(f"--batch must be at least 1, got {args.batch}")
     graph = load(resolve_model(args.model))
     print(f"model: {args.model}")
     print(f"graph '{graph.name}', opset {dict(graph.opset)}, {len(graph.nodes)} nodes")
@@ -161,10 +163,11 @@ def _info(args) -> int:
         _print_paper_figures(args.model.split(":", 1)[1], graph)
     report = analyze(graph, batch=args.batch)
     totals = report.totals
-    print(f"parameters: {totals['params']:,} ({human_bytes(totals['param_bytes'])} in {len(graph.initializers)} initializers)")
+    print(f"parameters: {totals['params']:,} "
+          f"({human_bytes(totals['param_bytes'])} in {len(graph.initializers)} initializers)")
     print(f"cost at batch {args.batch} (symbolic dims set to {args.batch}; 1 MAC = 2 FLOPs):")
     rows = [
-        ("MACs", f"{totals['macs']:,} ({human_count(totals['macs'])})", "multiply-accumulates of conv and matmul layers"),
+        ("MACs", f"{totals['macs']:,} ({human_count(totals['macs'])})", "multiply-accumulates of conv and matmul"),
         ("FLOPs", f"{totals['flops']:,} ({human_count(totals['flops'])})", "every op, see tinyinfer.models.metrics"),
         ("activation memory", human_bytes(totals["activation_bytes"]), "every node's outputs, no buffer reuse"),
         ("peak activation memory", human_bytes(totals["peak_activation_bytes"]),
@@ -239,8 +242,9 @@ def _zoo_list(args) -> int:
     header = ("name", "family", "params", "(paper)", "MACs", "(paper)", "paper")
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]
     for row in [header, *rows]:
-        cells = [f"{row[0]:<{widths[0]}}", f"{row[1]:<{widths[1]}}"] + [f"{c:>{w}}" for c, w in zip(row[2:6], widths[2:6])]
-        print("  ".join(cells) + "  " + row[6])
+        names = [f"{row[0]:<{widths[0]}}", f"{row[1]:<{widths[1]}}"]
+        figures = [f"{cell:>{width}}" for cell, width in zip(row[2:6], widths[2:6])]
+        print("  ".join([*names, *figures, row[6]]))
     print("params: this build's parameters, BatchNorm statistics excluded (as the papers count); "
           "MACs: multiply-accumulates per image at the paper's configuration")
     notes = [(name, entry(name).note) for name in names if entry(name).note]

@@ -212,7 +212,8 @@ def test_loss_rejects_bad_reduction():
 @pytest.mark.parametrize("target_shape", [(2,), (2, 5), (3, 4)])
 def test_loss_rejects_target_of_wrong_shape(target_shape):
     scores = np.zeros((2, 3, 4), np.float32)
-    with pytest.raises(ShapeInferenceError, match=r"target must have shape \[N, d1, ..., dk\] = \[2, 4\] for scores \[2, 3, 4\]"):
+    expected = r"target must have shape \[N, d1, ..., dk\] = \[2, 4\] for scores \[2, 3, 4\]"
+    with pytest.raises(ShapeInferenceError, match=expected):
         run_tinyinfer("SoftmaxCrossEntropyLoss", [scores, np.zeros(target_shape, np.int64)], opset=13)
 
 

@@ -302,7 +302,8 @@ def mel_filters(bands, dft_length, rate, low, high):
 
 
 @pytest.mark.parametrize("bands, dft_length, rate, low, high", [
-    (8, 16, 8192, 0.0, 4096.0), (10, 64, 16000, 20.0, 8000.0), (4, 31, 22050, 300.0, 6000.0), (20, 512, 16000, 0.0, 7600.0),
+    (8, 16, 8192, 0.0, 4096.0), (10, 64, 16000, 20.0, 8000.0), (4, 31, 22050, 300.0, 6000.0),
+    (20, 512, 16000, 0.0, 7600.0),
 ])
 def test_mel_weight_matrix_matches_the_triangles(bands, dft_length, rate, low, high):
     inputs = [np.array(bands, np.int32), np.array(dft_length, np.int64), np.array(rate, np.int32),

@@ -112,7 +112,8 @@ def save_tinf(graph: Graph, path: str | os.PathLike) -> None:
 
     The file is written under a temporary name in the same folder and renamed over ``path``
     (``os.replace``) only once complete, so a crash or an error never leaves a half-written
-    model behind, and a process that has the old file mapped keeps its (old) weights.
+    model behind, and a process that has the old file mapped keeps its (old) weights. (On
+    Windows a mapped file cannot be replaced: drop graphs loaded from ``path`` first.)
     """
     header, blocks = _encode(graph)  # fails, if it must, before the file system is touched
     path = Path(path)
@@ -190,14 +191,17 @@ def read_tinf_header(source: Source) -> dict[str, Any]:
     check the tensor table, :func:`load_tinf` does.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
-        buffer, what = memoryview(source).cast("B"), "the given bytes"
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ModelLoadError(f"no model file at '{path}'")
-        buffer, what = memoryview(path.read_bytes()), f"'{path}'"
-    header, _ = _read_header(buffer, what)
-    return header
+        return _read_header(memoryview(source).cast("B"), "the given bytes")[0]
+    path = Path(source)
+    if not path.is_file():
+        raise ModelLoadError(f"no model file at '{path}'")
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return _read_header(mapped, f"'{path}'")[0]  # reads the header's pages only
+    except (OSError, ValueError) as exc:  # mmap refuses an empty file with ValueError
+        if path.stat().st_size == 0:
+            raise ModelLoadError(f"'{path}' is empty, not a .tinf model") from None
+        raise ModelLoadError(f"cannot read '{path}': {exc}") from exc
 
 
 def is_tinf(source: Any) -> bool:
@@ -321,7 +325,7 @@ def _encode_attribute(node: Node, name: str, value: Any, table: _TensorTable) ->
     where = f"{node.name or node.op_type}.{name}"
     if value is None:
         return {"none": None}
-    if isinstance(value, (int, np.integer)):
+    if isinstance(value, (int, np.integer, np.bool_)):
         return {"int": int(value)}
     if isinstance(value, (float, np.floating)):
         return {"float": _float_to_json(value)}
@@ -333,7 +337,7 @@ def _encode_attribute(node: Node, name: str, value: Any, table: _TensorTable) ->
         return {"tensor": table.add(where, value)}
     if isinstance(value, (list, tuple)):
         items = list(value)
-        if all(isinstance(v, (int, np.integer)) for v in items):
+        if all(isinstance(v, (int, np.integer, np.bool_)) for v in items):
             return {"ints": [int(v) for v in items]}  # an empty list lands here too
         if all(isinstance(v, (int, float, np.integer, np.floating)) for v in items):
             return {"floats": [_float_to_json(v) for v in items]}
@@ -477,7 +481,8 @@ class _HeaderReader:
     def __init__(self, header: dict[str, Any], what: str):
         self.header = header
         self.what = what
-        self.tensor_count = 0
+        self.tensor_count = 0  # set by tensor_table(), which must run first
+        self.tensor_array: Callable[[int], np.ndarray] | None = None  # set by graph()
 
     def corrupt(self, message: str) -> ModelLoadError:
         return ModelLoadError(f"{self.what} is not a valid .tinf model: {message}")
@@ -583,7 +588,7 @@ class _HeaderReader:
         code, shape = entry["dtype"], entry["shape"]
         dtype = None if code is None else self.dtype(self.expect(code, _INT, f"{where}: 'dtype'"), where)
         if shape is not None:
-            dim: _Check = (lambda d: d is None or _STR[0](d) or _COUNT[0](d), "an integer, a name or null")
+            dim: _Check = (lambda d: d is None or _STR[0](d) or _INT[0](d), "an integer, a name or null")
             shape = tuple(self.items(entry, "shape", dim, where))
         return Value(name, dtype, shape)
 

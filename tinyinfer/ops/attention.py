@@ -185,7 +185,7 @@ class Attention(Op):
         precision = attrs["softmax_precision"]
         softmax_input = logits if precision is None else logits.astype(dtypes.from_onnx(precision))
         empty_rows = None if bias is None else np.isneginf(bias.max(axis=-1, keepdims=True))
-        probabilities = _softmax_rows(softmax_input, empty_rows).astype(t1)
+        probabilities = _softmax_rows(softmax_input, empty_rows).astype(t1, copy=False)
         y = _matmul(probabilities.reshape(batch, kv_heads, group, q_length, total), v[:, :, None])
         y = y.reshape(batch, q_heads, q_length, -1)
         if sizes.packed:
@@ -258,7 +258,7 @@ def _split_heads(node, name: str, hidden: Dim, attribute: str, heads: int) -> Di
 def _same(node, what: str, *dims: Dim) -> None:
     known = {d for d in dims if isinstance(d, int)}
     if len(known) > 1:
-        raise fail(node, f"{what} must agree, got {[d for d in dims]}")
+        raise fail(node, f"{what} must agree, got {list(dims)}")
 
 
 def _check_cache_inputs(node, past_key, past_value, nonpad) -> None:
@@ -271,8 +271,8 @@ def _check_cache_inputs(node, past_key, past_value, nonpad) -> None:
 
 def _check_past(node, sizes: _AttentionSizes, past_key: Shape, past_value: Shape) -> Dim:
     """Check the cache shapes against Q, K, V; return the past length."""
-    for name, shape, size in (("past_key", past_key, sizes.head_size), ("past_value", past_value,
-                                                                        sizes.v_head_size)):
+    caches = (("past_key", past_key, sizes.head_size), ("past_value", past_value, sizes.v_head_size))
+    for name, shape, size in caches:
         if len(shape) != 4:
             raise fail(node, f"{name} must be 4-D (batch, kv_heads, past_length, head_size), got {list(shape)}")
         _same(node, f"the batch size of Q and {name}", sizes.batch, shape[0])

@@ -283,7 +283,8 @@ class CenterCropPad(Op):
         if x.shape is None:
             return [out(node, 0, x.dtype, None)]
         axes = self._axes(node, len(x.shape))
-        if shape.shape is not None and (len(shape.shape) != 1 or (_known(shape.shape[0]) and shape.shape[0] != len(axes))):
+        count = shape.shape[0] if shape.shape is not None and len(shape.shape) == 1 else None
+        if shape.shape is not None and (len(shape.shape) != 1 or (_known(count) and count != len(axes))):
             raise fail(node, f"shape must be a 1-D tensor with one size per axis ({len(axes)}), "
                              f"got shape {shape_str(shape.shape)}")
         sizes = const_ints(shape)

@@ -269,12 +269,12 @@ def run_direction(step, projected, states, lengths, reverse):
     seq, batch = projected.shape[:2]
     hidden = states[0].shape[-1]
     steps = np.arange(seq)[:, None]
-    full = np.full(batch, seq) if lengths is None else lengths
-    # order[k, b]: the time step entry b reads at loop iteration k. Reversing within each
-    # entry's own length is its own inverse, so the same index puts Y back in time order.
-    order = np.where(steps < full, full - 1 - steps, steps) if reverse else np.broadcast_to(steps, (seq, batch))
     entries = np.arange(batch)
     if reverse and lengths is not None:
+        # order[k, b]: the time step entry b reads at iteration k, its own sequence backwards.
+        # Reversing within each entry's length is its own inverse, so the same gather puts Y
+        # back in time order.
+        order = np.where(steps < lengths, lengths - 1 - steps, steps)
         projected = projected[order, entries]
     elif reverse:
         projected = projected[::-1]

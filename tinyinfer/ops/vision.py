@@ -48,9 +48,9 @@ class GridSample(Op):
     lists normalised coordinates in ``[-1, 1]`` *innermost axis first* (x, then y, then z).
     A coordinate is mapped to pixel units (``align_corners`` decides whether -1 and 1 are the
     centres or the outer edges of the corner pixels), then, if it falls outside the image,
-    clamped (``border``) or mirrored (``reflection``); taps outside the image read 0
-    (``zeros``), the edge (``border``) or the mirror image (``reflection``). ``nearest``
-    rounds half to even. Spec: GridSample-22 (N-d since GridSample-20; GridSample-16 was 2-D
+    clamped (``border``; cubic clamps each tap instead, as PyTorch) or mirrored
+    (``reflection``); taps outside the image read 0 (``zeros``), the edge (``border``) or the
+    mirror image (``reflection``). ``nearest`` rounds half to even. Spec: GridSample-22 (N-d since GridSample-20; GridSample-16 was 2-D
     with the mode names ``bilinear`` and ``bicubic``).
     """
 
@@ -155,21 +155,22 @@ def sample(x: np.ndarray, coordinates: list[np.ndarray], mode: str, padding: str
     """
     n, channels, *spatial = x.shape
     points = coordinates[0].shape[1:]
-    flat = x.reshape(n, channels, -1)
+    size = int(np.prod(points, dtype=np.int64))
+    flat = x.reshape(n, channels, int(np.prod(spatial, dtype=np.int64)))
     strides = [int(np.prod(spatial[axis + 1:])) for axis in range(len(spatial))]
     taps = [_axis_taps(c, length, mode, padding, align_corners) for c, length in zip(coordinates, spatial)]
-    if mode == "nearest":
-        index = sum(t[0][0] * s for t, s in zip(taps, strides)).reshape(n, 1, -1)
-        valid = np.logical_and.reduce([t[0][1] for t in taps]).reshape(n, 1, -1)
+    if mode == "nearest":  # one tap per axis: a plain gather, for any dtype
+        index = sum(t[0][0] * s for t, s in zip(taps, strides)).reshape(n, 1, size)
+        valid = np.logical_and.reduce([t[0][1] for t in taps]).reshape(n, 1, size)
         values = np.take_along_axis(flat, index, axis=2)
         return np.where(valid, values, np.zeros((), x.dtype)).reshape(n, channels, *points)
+    # Integers are interpolated in floating point and cast back (truncated) at the end.
     compute = _compute_dtype(x.dtype) if x.dtype.kind == "f" or x.dtype.name == "bfloat16" else np.dtype(np.float64)
     flat = flat.astype(compute, copy=False)
-    flat_size = int(np.prod(points, dtype=np.int64))
-    result = np.zeros((n, channels, flat_size), dtype=compute)
+    result = np.zeros((n, channels, size), dtype=compute)
     for combination in itertools.product(*taps):  # 2**r (linear) or 4**r (cubic) tap combinations
-        index = sum(tap[0] * s for tap, s in zip(combination, strides)).reshape(n, 1, flat_size)
-        weight = np.prod([tap[1] for tap in combination], axis=0).reshape(n, 1, flat_size)
+        index = sum(tap[0] * s for tap, s in zip(combination, strides)).reshape(n, 1, size)
+        weight = np.prod([tap[1] for tap in combination], axis=0).reshape(n, 1, size)
         result += weight.astype(compute, copy=False) * np.take_along_axis(flat, index, axis=2)
     return result.reshape(n, channels, *points).astype(x.dtype, copy=False)
 
@@ -540,11 +541,13 @@ def _scalar(array, default):
 class MaxUnpool(Op):
     """Scatter ``X`` into zeros at the flat positions ``I`` (MaxPool's ``Indices``).
 
-    ``I`` indexes, flattened row-major, the unpooled tensor of shape
-    ``(N, C, (D - 1) * stride - pad_begin - pad_end + kernel, ...)``. A larger
-    ``output_shape`` pads that tensor with zeros at the end of each axis, as the spec's own
-    example (and onnx.reference) shows; ONNX Runtime instead reads ``I`` as indices into the
-    ``output_shape`` tensor, which differs when the two shapes differ. Spec: MaxUnpool-22.
+    The output is ``(N, C, (D - 1) * stride - pad_begin - pad_end + kernel, ...)``, or
+    ``output_shape`` when given (it tells apart the input sizes that pool to the same size);
+    ``I`` indexes that output, flattened row-major, as MaxPool's indices index its input.
+    This is what the spec says of ``I``, and what ONNX Runtime and PyTorch do, so that
+    unpooling an odd-sized MaxPool puts every value back where it came from. (The spec's
+    example for ``output_shape``, and onnx.reference, instead scatter into the default-size
+    output and pad it at the end.) Spec: MaxUnpool-22.
     """
 
     op_type = "MaxUnpool"
@@ -594,23 +597,20 @@ class MaxUnpool(Op):
         )
 
     def reference(self, node, x, indices, output_shape=None):
-        unpooled = (*x.shape[:2], *self._default_size(node, x.shape[2:]))
-        size = int(np.prod(unpooled, dtype=np.int64))
+        if output_shape is not None:
+            shape = tuple(int(v) for v in np.asarray(output_shape).reshape(-1))
+            if len(shape) != x.ndim or shape[:2] != x.shape[:2]:
+                raise fail(node, f"output_shape {list(shape)} must have rank {x.ndim} and keep N and C of X "
+                                 f"{list(x.shape[:2])}")
+        else:
+            shape = (*x.shape[:2], *self._default_size(node, x.shape[2:]))
+        size = int(np.prod(shape, dtype=np.int64))
         flat_indices = np.asarray(indices).astype(np.int64).reshape(-1)
         if ((flat_indices < 0) | (flat_indices >= size)).any():
-            raise fail(node, f"indices in I must lie in [0, {size}) for an unpooled shape {list(unpooled)}")
+            raise fail(node, f"indices in I must lie in [0, {size}) for an output of shape {list(shape)}")
         y = np.zeros(size, dtype=x.dtype)
         y[flat_indices] = x.reshape(-1)
-        y = y.reshape(unpooled)
-        if output_shape is None:
-            return y
-        shape = tuple(int(v) for v in np.asarray(output_shape).reshape(-1))
-        if len(shape) != x.ndim or any(want < got for want, got in zip(shape, unpooled)):
-            raise fail(node, f"output_shape {list(shape)} must have rank {x.ndim} and be at least the unpooled "
-                             f"shape {list(unpooled)}")
-        padded = np.zeros(shape, dtype=x.dtype)
-        padded[tuple(slice(0, d) for d in unpooled)] = y
-        return padded
+        return y.reshape(shape)
 
 
 # ============================================================================ Col2Im
