@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     zoo = p.add_subparsers(title="zoo commands")
     q = zoo.add_parser("list", help="every zoo network with our parameters and MACs next to its paper's")
     q.add_argument("--no-build", action="store_true", help="only the papers' figures: do not build and measure")
+    q.add_argument("--notes", action="store_true", help="also print how each figure was matched to its paper")
     q.set_defaults(handler=_zoo_list)
     q = zoo.add_parser("export", help="build a zoo network and save it as ONNX")
     q.add_argument("name", help="a zoo name (see `tinyinfer zoo list`)")
@@ -242,14 +243,15 @@ def _zoo_list(args) -> int:
     header = ("name", "family", "params", "(paper)", "MACs", "(paper)", "paper")
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]
     for row in [header, *rows]:
-        names = [f"{row[0]:<{widths[0]}}", f"{row[1]:<{widths[1]}}"]
+        labels = [f"{row[0]:<{widths[0]}}", f"{row[1]:<{widths[1]}}"]
         figures = [f"{cell:>{width}}" for cell, width in zip(row[2:6], widths[2:6])]
-        print("  ".join([*names, *figures, row[6]]))
+        print("  ".join([*labels, *figures, row[6]]))
     print("params: this build's parameters, BatchNorm statistics excluded (as the papers count); "
           "MACs: multiply-accumulates per image at the paper's configuration")
-    notes = [(name, entry(name).note) for name in names if entry(name).note]
-    for name, note in notes:
-        print(f"  note on {name}: {note}")
+    if args.notes:
+        for name in names:
+            if entry(name).note:
+                print(f"note on {name}: {entry(name).note}")
     for failure in failures:
         print(f"tinyinfer: warning: cannot build {failure}", file=sys.stderr)
     return 0

@@ -1,7 +1,7 @@
 """GhostNet of the zoo: the paper's costs, valid ONNX, ONNX Runtime's outputs, ghost modules.
 
 Costs are counted at 224×224, the paper's resolution; everything that runs the model runs it
-at 64×64, which exercises every layer (the last stage still sees a 2×2 map) quickly.
+at 96×96, which exercises every layer (the last stage still sees a 3×3 map) quickly.
 """
 
 from __future__ import annotations
@@ -18,13 +18,17 @@ import tinyinfer
 from tinyinfer.models import zoo
 from tinyinfer.models.ghostnet import GHOSTNET_BOTTLENECKS, GHOSTNET_PUBLISHED, ghostnet
 
-SMALL = 64  # resolution of the tests that run the model
+SMALL = 96  # resolution of the tests that run the model
 COST_TOLERANCE = 0.03  # the zoo's rule: within 3% of the published figure
 
 
 @functools.lru_cache(maxsize=None)
 def cost(**config) -> tuple[int, int]:
-    return zoo.measured_cost(ghostnet(**config))
+    """(parameters, MACs) of GhostNet, built without measuring BatchNorm statistics (a full run
+    of the network): counting needs the shapes only."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("tinyinfer.models.light.calibrate_batchnorm", lambda model, seed=0: model)
+        return zoo.measured_cost(ghostnet(**config))
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,7 +1,7 @@
 """ShuffleNet V1 and V2 of the zoo: the papers' costs, valid ONNX, ONNX Runtime's outputs.
 
 Costs are counted at 224×224, the papers' resolution; everything that runs a model runs it at
-64×64, which exercises every layer (stage 4 still sees a 2×2 map) in a fraction of the time.
+96×96, which exercises every layer (stage 4 still sees a 3×3 map) in a fraction of the time.
 """
 
 from __future__ import annotations
@@ -24,13 +24,17 @@ from tinyinfer.models.shufflenet import (
 )
 
 MODELS = ["shufflenet_v1", "shufflenet_v2"]
-SMALL = 64  # resolution of the tests that run a model
+SMALL = 96  # resolution of the tests that run a model
 COST_TOLERANCE = 0.03  # the zoo's rule: within 3% of the published figure
 
 
 @functools.lru_cache(maxsize=None)
 def cost(name: str, **config) -> tuple[int, int]:
-    return zoo.measured_cost(zoo.build(name, **config))
+    """(parameters, MACs) of a zoo model, built without measuring BatchNorm statistics (a full
+    run of the network): counting needs the shapes only."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("tinyinfer.models.light.calibrate_batchnorm", lambda model, seed=0: model)
+        return zoo.measured_cost(zoo.build(name, **config))
 
 
 @functools.lru_cache(maxsize=None)

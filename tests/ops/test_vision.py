@@ -26,6 +26,7 @@ import pytest
 from onnx_oracle import Initializer, infer_outputs, run_onnxruntime, run_reference, run_tinyinfer
 
 from tinyinfer.errors import InvalidAttributeError, ShapeInferenceError, TinyInferError
+from tinyinfer.ops import vision
 
 FLOAT32 = dict(rtol=1e-5, atol=1e-5)
 
@@ -248,6 +249,16 @@ def test_roi_align_matches_onnxruntime(mode, transform, sampling_ratio):
     (got,) = run_tinyinfer("RoiAlign", [x, ROIS, BATCH_INDICES], **attrs)
     (want,) = run_onnxruntime("RoiAlign", [x, ROIS, BATCH_INDICES], **attrs)
     assert_close(got, want)
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_roi_align_in_blocks_of_one_region_gives_the_same_result(mode, monkeypatch):
+    x = random((2, 3, 10, 12), seed=12)
+    attrs = dict(mode=mode, output_height=3, output_width=2)
+    (whole,) = run_tinyinfer("RoiAlign", [x, ROIS, BATCH_INDICES], **attrs)
+    monkeypatch.setattr(vision, "BLOCK_ELEMENTS", 1)
+    (one_by_one,) = run_tinyinfer("RoiAlign", [x, ROIS, BATCH_INDICES], **attrs)
+    np.testing.assert_array_equal(one_by_one, whole)
 
 
 def test_roi_align_10_has_no_half_pixel_shift():

@@ -22,9 +22,12 @@ implementation (TensorFlow's slim ``mobilenet``) rounds them.
 
 from __future__ import annotations
 
+import math
+
 import onnx
 
 from .builder import NetworkBuilder, make_divisible
+from .light import calibrate_batchnorm
 from .zoo import register_model
 
 #: Howard et al., 2017, Table 1: the depthwise separable layers after the stem
@@ -151,7 +154,7 @@ def mobilenet_v1(*, width: float = 1.0, resolution: int = 224, num_classes: int 
         x = depthwise_separable(net, x, scaled(channels), stride, name=f"layer{index}")
     x = net.global_avg_pool(x, name="avgpool")
     probabilities = net.classifier(x, num_classes, name="fc")
-    return net.build(probabilities, doc=f"MobileNetV1 {width}/{resolution} (Howard et al., 2017)", seed=seed)
+    return _build(net, probabilities, resolution, doc=f"MobileNetV1 {width}/{resolution} (Howard et al., 2017)", seed=seed)
 
 
 @register_model(
@@ -184,7 +187,7 @@ def mobilenet_v2(*, width: float = 1.0, resolution: int = 224, num_classes: int 
     x = net.conv_bn_act(x, make_divisible(1280 * max(1.0, width)), 1, act="relu6", name="last")
     x = net.global_avg_pool(x, name="avgpool")
     probabilities = net.classifier(x, num_classes, name="fc")
-    return net.build(probabilities, doc=f"MobileNetV2 {width}/{resolution} (Sandler et al., 2018)", seed=seed)
+    return _build(net, probabilities, resolution, doc=f"MobileNetV2 {width}/{resolution} (Sandler et al., 2018)", seed=seed)
 
 
 _V3_NOTE = ("Counted: SE (reduced width make_divisible(expansion/4, 8), 1x1 convs with bias, ReLU, "
@@ -251,4 +254,16 @@ def _mobilenet_v3(name: str, blocks, head_channels: int, *, width: float, resolu
     x = net.conv(x, make_divisible(head_channels * max(1.0, width)), 1, bias=True, name="head")
     x = net.activation(x, "hardswish", name="head.hardswish")
     probabilities = net.classifier(x, num_classes, name="fc")
-    return net.build(probabilities, doc=f"{name} {width}/{resolution} (Howard et al., 2019)", seed=seed)
+    return _build(net, probabilities, resolution, doc=f"{name} {width}/{resolution} (Howard et al., 2019)", seed=seed)
+
+
+def _build(net: NetworkBuilder, output: str, resolution: int, *, doc: str, seed: int) -> onnx.ModelProto:
+    """The finished model, its BatchNorm statistics measured on as many pixels as two 224×224 images.
+
+    Below 224 the last stages see tiny maps (3×3 at 96×96): statistics from two images, 18
+    values per channel, fit those two images so closely that on any other input the
+    activations grow a little at every batch norm, and MobileNetV3's logits reach the tens.
+    Measuring on more images keeps every resolution as well-scaled as 224.
+    """
+    model = net.build(output, doc=doc, calibrate=False)
+    return calibrate_batchnorm(model, seed=seed, batch=max(2, math.ceil(2 * (224 / resolution) ** 2)))

@@ -61,14 +61,15 @@ XS_HEAD_EXPANSION = 4  # the last 1×1 conv widens 96 -> 4·96 = 384 channels
          "convs, the Linear layers and the attention products Q K^T and softmax(.) V (MatMul nodes, 0.117G "
          "at 256); BatchNorm, LayerNorm, swish, softmax, adds and unfold/fold count 0. That is 1.026G, "
          "against the 1.05G (GFLOPs that are MACs) OpenMMLab's mmpretrain reports for the ml-cvnets XS model "
-         "at 256, registered here. The '0.7G' quoted for XS is not a 256x256 count: it matches the convs and "
-         "Linear layers alone at 224x224 (0.696G), i.e. a counter that skips the attention products.",
+         "at 256, registered here. The '0.7 GFLOPs' listed for XS (e.g. on Papers with Code) is not a 256x256 "
+         "count with any convention (0.909G without the attention products); it matches the convs and Linear "
+         "layers alone at 224x224 (about 0.70G), i.e. a smaller input and a counter that skips the attention.",
 )
 def mobilevit_xs(*, resolution: int = 256, patch_size: int = 2, num_classes: int = 1000, seed: int = 0) -> onnx.ModelProto:
     """MobileViT-XS for ``resolution``² images (a multiple of 32·patch_size; the paper uses 256).
 
     ``patch_size`` is the side of the h×w patches every MobileViT block unfolds (2 in the
-    paper's models; its ablation also tries larger patches, which cost fewer attention MACs).
+    paper's models); larger patches make shorter sequences and cost fewer attention MACs.
     """
     if resolution % (32 * patch_size):
         raise ValueError(f"resolution {resolution} must be a multiple of 32 * patch_size = {32 * patch_size}: "

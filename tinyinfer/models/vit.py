@@ -18,7 +18,7 @@ One encoder block, for ``T`` tokens of width ``d`` split over ``h`` heads of wid
     x = x + Linear(GELU(Linear(LayerNorm(x))))             the MLP (d -> 4d -> d) mixes channels
     MultiHeadAttention(x) = concat over heads of softmax(Q K^T / sqrt(d/h)) V,  [Q|K|V] = x W_qkv
 
-Attention is spelled out in ops every runtime has had since opset 17 — MatMul, Split, Reshape,
+Attention is spelled out in plain opset-17 ops — MatMul, Split, Reshape,
 Transpose, Mul by 1/sqrt(d/h), Softmax — not the fused ``Attention`` op, so the graph runs
 on older ONNX Runtime releases and the optimizer chapter has real patterns to fuse (LayerNorm,
 GELU, attention). :func:`multi_head_attention` and :func:`transformer_block` work on tokens
@@ -34,10 +34,6 @@ import onnx
 
 from .builder import NetworkBuilder
 from .zoo import register_model
-
-#: DeiT-Tiny (Touvron et al., 2021, Table 1): the defaults of :func:`vit_tiny`.
-DEIT_TINY = {"patch_size": 16, "dim": 192, "depth": 12, "heads": 3, "mlp_ratio": 4.0}
-
 
 @register_model(
     "vit_tiny",
@@ -55,7 +51,7 @@ DEIT_TINY = {"patch_size": 16, "dim": 192, "depth": 12, "heads": 3, "mlp_ratio":
 def vit_tiny(*, resolution: int = 224, patch_size: int = 16, dim: int = 192, depth: int = 12, heads: int = 3,
              mlp_ratio: float = 4.0, num_classes: int = 1000, position_embedding: bool = True,
              seed: int = 0) -> onnx.ModelProto:
-    """A ViT encoder (DeiT-Tiny by default) classifying ``resolution``² images into ``num_classes``.
+    """A ViT encoder (DeiT-Tiny, the table above, by default) classifying ``resolution``² images.
 
     ``position_embedding=False`` leaves out the learned position embeddings; the network then
     treats its patches as a set (attention is permutation-equivariant), which the tests use
@@ -106,8 +102,11 @@ def prepend_class_token(nb: NetworkBuilder, tokens: str, *, name: str) -> str:
     """
     n, count, width = nb.shapes[tokens]
     token = nb.weight(name, nb.rng.normal(0.0, 0.02, (1, 1, width)).astype(np.float32))
-    slot = nb.node("Pad", [tokens, nb.const(f"{name}.slot_pads", [0, 1, 0, 0, 0, 0])], (n, 1 + count, width), name=f"{name}.slot")
-    placed = nb.node("Pad", [token, nb.const(f"{name}.token_pads", [0, 0, 0, 0, count, 0])], (1, 1 + count, width), name=f"{name}.place")
+    # ONNX pads list the begin of every axis, then the end of every axis
+    slot_pads = nb.const(f"{name}.slot_pads", [0, 1, 0, 0, 0, 0])
+    slot = nb.node("Pad", [tokens, slot_pads], (n, 1 + count, width), name=f"{name}.slot")
+    token_pads = nb.const(f"{name}.token_pads", [0, 0, 0, 0, count, 0])
+    placed = nb.node("Pad", [token, token_pads], (1, 1 + count, width), name=f"{name}.place")
     return nb.add(slot, placed, name=f"{name}.add")
 
 

@@ -37,6 +37,9 @@ from .resize import keys_cubic
 #: Keys' cubic coefficient GridSample uses (PyTorch's and ONNX Runtime's bicubic).
 CUBIC_A = -0.75
 PADDING_MODES = ("zeros", "border", "reflection")
+#: RoiAlign pools as many regions at a time as keep its intermediate arrays near this many
+#: elements (a large region has many samples: ``ceil(region size / bins)`` per bin and axis).
+BLOCK_ELEMENTS = 1 << 22
 
 
 # ============================================================================ GridSample
@@ -50,8 +53,9 @@ class GridSample(Op):
     centres or the outer edges of the corner pixels), then, if it falls outside the image,
     clamped (``border``; cubic clamps each tap instead, as PyTorch) or mirrored
     (``reflection``); taps outside the image read 0 (``zeros``), the edge (``border``) or the
-    mirror image (``reflection``). ``nearest`` rounds half to even. Spec: GridSample-22 (N-d since GridSample-20; GridSample-16 was 2-D
-    with the mode names ``bilinear`` and ``bicubic``).
+    mirror image (``reflection``). ``nearest`` rounds half to even. Spec: GridSample-22
+    (N-d since GridSample-20; GridSample-16 was 2-D, with the mode names ``bilinear`` and
+    ``bicubic``).
     """
 
     op_type = "GridSample"
@@ -350,12 +354,23 @@ class RoiAlign(Op):
         corners = rois.astype(np.float64) * attrs["spatial_scale"] - (0.5 if half_pixel else 0.0)
         rows = _roi_axis_samples(corners[:, 1], corners[:, 3], attrs["output_height"], height, attrs, half_pixel)
         cols = _roi_axis_samples(corners[:, 0], corners[:, 2], attrs["output_width"], width, attrs, half_pixel)
-        compute = _compute_dtype(x.dtype)
-        data = x.astype(compute, copy=False)
-        if attrs["mode"] == "avg":
-            y = _roi_average(data, batch_indices, rows, cols, height, width)
+        data = x.astype(_compute_dtype(x.dtype), copy=False)
+        average = attrs["mode"] == "avg"
+        # Regions go in blocks, so that the intermediate arrays stay near BLOCK_ELEMENTS.
+        if average:
+            per_region = channels * height * attrs["output_width"]
         else:
-            y = _roi_max(data, batch_indices, rows, cols)
+            per_region = channels * rows["low"][0].size * cols["low"][0].size
+        block = max(1, BLOCK_ELEMENTS // max(per_region, 1))
+        y = np.empty((len(batch_indices), channels, attrs["output_height"], attrs["output_width"]), data.dtype)
+        for start in range(0, len(batch_indices), block):
+            part = slice(start, start + block)
+            block_rows = {key: value[part] for key, value in rows.items()}
+            block_cols = {key: value[part] for key, value in cols.items()}
+            if average:
+                y[part] = _roi_average(data, batch_indices[part], block_rows, block_cols, height, width)
+            else:
+                y[part] = _roi_max(data, batch_indices[part], block_rows, block_cols)
         return y.astype(x.dtype, copy=False)
 
 
