@@ -8,6 +8,11 @@ symbolic dimensions: a string such as ``"N"`` for a dimension known only at run 
 
 The structure mirrors ONNX's ``GraphProto`` closely on purpose, so that import and export are
 short, but it holds plain Python and NumPy objects, so that passes can rewrite it freely.
+
+Control flow (If, Loop, Scan) keeps ONNX's shape too: a node's subgraph is an ``ir.Graph``
+stored in ``node.attrs``. A subgraph may read names of the graphs around it without listing
+them as inputs; :attr:`Node.implicit_inputs` finds those names, and ordering, validation and
+dead-code elimination count them as reads like any other input.
 """
 
 from __future__ import annotations
@@ -24,21 +29,31 @@ from . import dtypes
 Dim = int | str | None
 Shape = tuple[Dim, ...]
 
+#: What a value holds at run time: a tensor (np.ndarray); a sequence (a Python list of
+#: tensors); an optional tensor (an array or None); an optional sequence (a list or None).
+KINDS = ("tensor", "sequence", "optional", "optional_sequence")
+
 
 @dataclasses.dataclass
 class Value:
-    """A named tensor's type: element dtype and shape (``None`` when unknown).
+    """A named value's type: element dtype and shape (``None`` when unknown).
 
-    ``const`` holds the tensor's value when it is known before running (an initializer, or
+    ``const`` holds a tensor's value when it is known before running (an initializer, or
     something computed from initializers and static shapes); shape inference fills it in.
+    ``kind`` says whether the value is a tensor, a sequence or an optional (see
+    :data:`KINDS`); for a sequence or an optional, ``dtype`` and ``shape`` describe its
+    element tensors, and ``const`` stays None.
     """
 
     name: str
     dtype: np.dtype | None = None
     shape: Shape | None = None
     const: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    kind: str = "tensor"
 
     def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise InvalidGraphError(f"value '{self.name}' has kind {self.kind!r}; expected one of {KINDS}")
         if self.dtype is not None:
             self.dtype = np.dtype(self.dtype)
         if self.shape is not None:
@@ -58,7 +73,13 @@ class Value:
     def type_str(self) -> str:
         dims = "?" if self.shape is None else "x".join("?" if d is None else str(d) for d in self.shape)
         dtype = dtypes.type_name(self.dtype)[7:-1] if self.dtype is not None else "?"
-        return f"{dtype}[{dims}]"
+        tensor = f"{dtype}[{dims}]"
+        return {
+            "tensor": tensor,
+            "sequence": f"seq({tensor})",
+            "optional": f"optional({tensor})",
+            "optional_sequence": f"optional(seq({tensor}))",
+        }[self.kind]
 
 
 @dataclasses.dataclass(eq=False)  # nodes compare by identity: two Relu nodes are two nodes
@@ -86,6 +107,29 @@ class Node:
     @property
     def present_inputs(self) -> list[str]:
         return [name for name in self.inputs if name]
+
+    def subgraphs(self) -> list[tuple[str, "Graph"]]:
+        """The node's subgraphs as (attribute name, graph) pairs; empty for most ops."""
+        found = []
+        for name, value in self.attrs.items():
+            if isinstance(value, Graph):
+                found.append((name, value))
+            elif isinstance(value, list):
+                found.extend((name, graph) for graph in value if isinstance(graph, Graph))
+        return found
+
+    @property
+    def implicit_inputs(self) -> list[str]:
+        """Names the node's subgraphs read from the enclosing scope, in order of first use.
+
+        They are inputs of the node as much as ``inputs`` are (the node cannot run before
+        they exist), only not listed: ONNX lets a Loop body or an If branch read any value
+        of the graphs around it by name.
+        """
+        names: dict[str, None] = {}
+        for _, graph in self.subgraphs():
+            names.update(dict.fromkeys(graph.outer_names()))
+        return list(names)
 
     def __str__(self) -> str:
         return node_label(self)
@@ -125,10 +169,10 @@ class Graph:
         return {out: node for node in self.nodes for out in node.outputs if out}
 
     def consumers(self) -> dict[str, list[Node]]:
-        """Map from tensor name to the nodes that read it (in node order)."""
+        """Map from tensor name to the nodes that read it (in node order), implicitly too."""
         users: dict[str, list[Node]] = collections.defaultdict(list)
         for node in self.nodes:
-            for name in node.present_inputs:
+            for name in (*node.present_inputs, *node.implicit_inputs):
                 if not users[name] or users[name][-1] is not node:
                     users[name].append(node)
         return dict(users)
@@ -144,6 +188,18 @@ class Graph:
             array = self.initializers[name]
             return Value(name, array.dtype, array.shape, const=array)
         return None
+
+    def outer_names(self) -> list[str]:
+        """Names the graph reads but does not define: values of an enclosing graph.
+
+        Empty for a model's main graph; for a subgraph, these are the implicit inputs of the
+        node that owns it. Nested subgraphs count: what they read from outside this graph,
+        this graph reads too.
+        """
+        defined = set(self.input_names) | set(self.initializers)
+        defined.update(out for node in self.nodes for out in node.outputs if out)
+        reads = [name for node in self.nodes for name in (*node.present_inputs, *node.implicit_inputs)]
+        return list(dict.fromkeys(name for name in (*reads, *self.output_names) if name not in defined))
 
     def parameter_count(self) -> int:
         return int(sum(a.size for a in self.initializers.values()))
@@ -168,7 +224,8 @@ class Graph:
         waiting = {}
         users = collections.defaultdict(list)
         for node in self.nodes:
-            deps = {id(producer[name]) for name in node.present_inputs if name in producer}
+            reads = (*node.present_inputs, *node.implicit_inputs)
+            deps = {id(producer[name]) for name in reads if name in producer}
             deps.discard(id(node))  # a node reading its own output is caught by validate()
             waiting[id(node)] = len(deps)
             for dep in deps:
@@ -195,14 +252,19 @@ class Graph:
         self.nodes = self.topological_order()
         return self
 
-    def validate(self, *, allow_unused: bool = True) -> list[str]:
+    def validate(self, *, allow_unused: bool = True, outer: Iterable[str] = ()) -> list[str]:
         """Check the structural rules of a well-formed graph.
 
         Raises :class:`InvalidGraphError` for an input nobody defines, a tensor with two
         producers, a node that reads its own output, a cycle or a graph output that is never
         produced. Returns warnings for what is legal but wasteful (outputs nobody reads,
         initializers nobody uses); with ``allow_unused=False`` those are errors too.
+
+        Subgraphs are checked too, with every name of the enclosing scopes defined (``outer``
+        holds those names when this graph is itself a subgraph); an error inside one names
+        the node that owns it and the attribute.
         """
+        enclosing = set(outer)  # names of the graphs around this one; its own names hide them
         defined: dict[str, str] = {}
         for value in self.inputs:
             if value.name in defined:
@@ -219,20 +281,27 @@ class Graph:
                         f"tensor '{out}' has two producers: {defined[out]} and {node_label(node)}"
                     )
                 defined[out] = node_label(node)
+        visible = enclosing | set(defined)
         for node in self.nodes:
             for name in node.present_inputs:
-                if name not in defined:
+                if name not in visible:
                     raise InvalidGraphError(
                         f"{node_label(node)} reads '{name}', which no node, input or initializer defines"
                     )
                 if name in node.outputs:
                     raise InvalidGraphError(f"{node_label(node)} reads its own output '{name}'")
+            for attr, graph in node.subgraphs():
+                try:
+                    graph.validate(outer=visible)
+                except InvalidGraphError as exc:
+                    raise InvalidGraphError(f"{node_label(node)}, subgraph '{attr}': {exc}") from None
         self.topological_order()  # raises on cycles
         for value in self.outputs:
-            if value.name not in defined:
+            if value.name not in visible:
                 raise InvalidGraphError(f"graph output '{value.name}' is never produced")
         warnings = []
-        read = {name for node in self.nodes for name in node.present_inputs} | set(self.output_names)
+        read = {name for node in self.nodes for name in (*node.present_inputs, *node.implicit_inputs)}
+        read |= set(self.output_names)
         for node in self.nodes:
             for out in node.outputs:
                 if out and out not in read:
@@ -278,13 +347,24 @@ class Graph:
 
         Initializer arrays are shared, not copied: tinyinfer treats weights as immutable
         (a pass that changes a weight stores a new array under a new or the same name).
+        Subgraphs are copied the same way.
         """
         def copy_value(v: Value) -> Value:
-            return Value(v.name, v.dtype, v.shape, const=v.const)
+            return Value(v.name, v.dtype, v.shape, const=v.const, kind=v.kind)
+
+        def copy_attr(value: Any) -> Any:  # subgraphs are copied too, so passes may rewrite them
+            if isinstance(value, Graph):
+                return value.copy()
+            if isinstance(value, list):
+                return [v.copy() if isinstance(v, Graph) else v for v in value]
+            return value
 
         return Graph(
             nodes=[
-                Node(n.op_type, list(n.inputs), list(n.outputs), dict(n.attrs), n.domain, n.name, n.version)
+                Node(
+                    n.op_type, list(n.inputs), list(n.outputs), {k: copy_attr(v) for k, v in n.attrs.items()},
+                    n.domain, n.name, n.version,
+                )
                 for n in self.nodes
             ],
             inputs=[copy_value(v) for v in self.inputs],
@@ -300,6 +380,7 @@ class Graph:
         """A tensor or node name not used anywhere in the graph yet."""
         taken = set(self.initializers) | set(self.input_names) | set(self.output_names)
         taken |= {n for node in self.nodes for n in (*node.inputs, *node.outputs, node.name)}
+        taken |= {n for node in self.nodes for _, graph in node.subgraphs() for n in _all_names(graph)}
         if stem not in taken:
             return stem
         i = 1
@@ -325,7 +406,19 @@ def _on_cycles(stuck: list[Node], users: dict[int, list[Node]]) -> list[Node]:
     return [n for n in stuck if id(n) in left]
 
 
+def _all_names(graph: Graph) -> set[str]:
+    """Every name a graph and its subgraphs use (so a new outer name shadows nothing)."""
+    names = set(graph.initializers) | set(graph.input_names) | set(graph.output_names)
+    for node in graph.nodes:
+        names.update((*node.inputs, *node.outputs, node.name))
+        for _, sub in node.subgraphs():
+            names |= _all_names(sub)
+    return names
+
+
 def _short(value: Any) -> str:
+    if isinstance(value, Graph):
+        return f"<graph '{value.name}': {len(value.nodes)} nodes>"
     if isinstance(value, np.ndarray):
         return f"tensor{list(value.shape)}" if value.size > 4 else np.array2string(value.ravel(), separator=",")
     if isinstance(value, (list, tuple)) and len(value) > 8:

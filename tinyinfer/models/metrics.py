@@ -24,6 +24,7 @@ meaning. :func:`analyze` measures every node of any tinyinfer graph on six axes:
     included; LpPool two); global pooling one per input element;
   - BatchNormalization: two per element (an engine folds it into ``a·x + b`` per channel);
     Layer-, Group-, InstanceNormalization seven (mean, centre, variance, scale by 1/σ, affine);
+    LRN ``size + 4`` (square, window sum, scale and bias, power, divide);
   - Resize: nearest 0; linear 2 per interpolation tap (2**k taps over k resized axes), cubic
     2 per tap (4**k taps);
   - data movement (Reshape, Transpose, Concat, Slice, Gather, Pad, Cast, ...): zero.
@@ -215,62 +216,27 @@ def analyze(graph_or_model: Any, batch: int = 1, dtype_bytes: int | None = None)
     from ..runtime import load  # models sit above the runtime
 
     graph = load(graph_or_model)
-    given = {}
-    for value in graph.inputs:
-        if value.shape is not None:
-            shape = tuple(d if isinstance(d, int) else batch for d in value.shape)
-            given[value.name] = Value(value.name, value.dtype, shape)
-    values = ops.infer_shapes(graph, given)
+    given = {
+        value.name: Value(value.name, value.dtype, tuple(d if isinstance(d, int) else batch for d in value.shape))
+        for value in graph.inputs
+        if value.shape is not None
+    }
+    tensors = _Tensors(ops.infer_shapes(graph, given), dtype_bytes)
     order = graph.topological_order()
     weights = set(graph.initializers) | {out for node in order if node.op_type == "Constant" for out in node.outputs}
-
-    def size(name: str) -> tuple[int | None, int]:
-        """(elements or None if unknown, bytes) of a tensor."""
-        value = values.get(name)
-        elements = _elements_or_none(value)
-        if elements is None:
-            return None, 0
-        itemsize = dtype_bytes or (value.dtype.itemsize if value.dtype is not None else 4)
-        return elements, elements * itemsize
-
-    live = _live_bytes(graph, order, weights, lambda name: size(name)[1])
-    layers, unknown, counted = [], [], set()
-    for step, node in enumerate(order):
-        ins = [values.get(n) if n else None for n in node.inputs]
-        outs = [values.get(n) if n else None for n in node.outputs]
-        read = list(dict.fromkeys(node.present_inputs))
-        read_weights = [n for n in read if n in weights]
-        first_read = [n for n in read_weights if n not in counted]
+    live = _live_bytes(graph, order, weights, tensors.nbytes)
+    layers, counted = [], set()
+    for node, live_bytes in zip(order, live):
+        first_read = [n for n in dict.fromkeys(node.present_inputs) if n in weights and n not in counted]
         counted.update(first_read)
-        known = all(_elements_or_none(v) is not None for v in [*ins, *outs] if v is not None)
-        is_constant = node.op_type == "Constant"  # its value is a weight, counted at its readers
-        macs = _analysis_macs(node, ins, outs) if known else 0
-        flops = 0 if is_constant or not known else (2 * macs if macs else _flops(node, ins, outs))
-        if not known:
-            unknown.append(_label(node))
-        layers.append(
-            LayerCost(
-                name=_label(node),
-                op_type=node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}",
-                shape=outs[0].type_str() if outs and outs[0] is not None else "?",
-                params=sum(size(n)[0] or 0 for n in first_read),
-                param_bytes=sum(size(n)[1] for n in first_read),
-                macs=macs,
-                flops=flops,
-                input_bytes=sum(size(n)[1] for n in read if n not in weights),
-                weight_bytes=sum(size(n)[1] for n in read_weights),
-                activation_bytes=0 if is_constant else sum(size(n)[1] for n in node.outputs if n),
-                live_bytes=live[step],
-                known=known,
-            )
-        )
-    peak_step = int(np.argmax(live)) if live else -1
+        layers.append(_layer_cost(node, tensors, weights, first_read, live_bytes))
+    peak = int(np.argmax(live)) if live else None
     return CostReport(
         layers=layers,
         batch=batch,
-        peak_activation_bytes=max(live, default=sum(size(v.name)[1] for v in graph.inputs if v.name not in weights)),
-        peak_node=layers[peak_step].name if layers else "",
-        unknown=unknown,
+        peak_activation_bytes=live[peak] if peak is not None else 0,
+        peak_node=layers[peak].name if peak is not None else "",
+        unknown=[layer.name for layer in layers if not layer.known],
     )
 
 
@@ -289,6 +255,87 @@ def human_bytes(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.3g} {unit}"
     return f"{int(n)} B"
+
+
+# ---------------------------------------------------------------------------- analysis helpers
+def _live_bytes(graph: Graph, order: list[Node], weights: set[str], nbytes) -> list[int]:
+    """Activation bytes allocated while each node runs, freeing tensors after their last use.
+
+    A node's outputs are allocated before its inputs can be freed, so they count together.
+    Graph inputs are live from the start (unless nobody reads them); graph outputs stay
+    live to the end.
+    """
+    last_use: dict[str, int] = {}
+    for step, node in enumerate(order):
+        for name in node.outputs:
+            if name:
+                last_use[name] = step  # an output nobody reads is freed at once
+        for name in node.present_inputs:
+            last_use[name] = step
+    for name in graph.output_names:
+        last_use[name] = len(order)
+    freed_at: dict[int, list[str]] = collections.defaultdict(list)
+    for name, step in last_use.items():
+        if name not in weights:
+            freed_at[step].append(name)
+    live = sum(nbytes(v.name) for v in graph.inputs if v.name in last_use and v.name not in weights)
+    during = []
+    for step, node in enumerate(order):
+        live += sum(nbytes(name) for name in dict.fromkeys(node.outputs) if name and name not in weights)
+        during.append(live)
+        live -= sum(nbytes(name) for name in freed_at[step])
+    return during
+
+
+class _Tensors:
+    """Shapes of every tensor, and their sizes in elements and bytes."""
+
+    def __init__(self, values: dict[str, Value], dtype_bytes: int | None):
+        self.values = values
+        self.dtype_bytes = dtype_bytes
+
+    def get(self, name: str) -> Value | None:
+        return self.values.get(name) if name else None
+
+    def elements(self, name: str) -> int:
+        return _elements(self.get(name))
+
+    def nbytes(self, name: str) -> int:
+        value = self.get(name)
+        itemsize = self.dtype_bytes or (value.dtype.itemsize if value is not None and value.dtype is not None else 4)
+        return self.elements(name) * itemsize
+
+
+def _layer_cost(node: Node, tensors: _Tensors, weights: set[str], first_read: list[str], live_bytes: int) -> LayerCost:
+    ins = [tensors.get(n) for n in node.inputs]
+    outs = [tensors.get(n) for n in node.outputs]
+    read = list(dict.fromkeys(node.present_inputs))
+    known = all(_elements_or_none(v) is not None for v in [*ins, *outs] if v is not None)
+    is_constant = node.op_type == "Constant"  # its value is a weight, counted at its readers
+    macs = _analysis_macs(node, ins, outs) if known else 0
+    flops = 0 if is_constant or not known else (2 * macs if macs else _flops(node, ins, outs))
+    return LayerCost(
+        name=_label(node),
+        op_type=node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}",
+        shape=outs[0].type_str() if outs and outs[0] is not None else "?",
+        params=sum(tensors.elements(n) for n in first_read),
+        param_bytes=sum(tensors.nbytes(n) for n in first_read),
+        macs=macs,
+        flops=flops,
+        input_bytes=sum(tensors.nbytes(n) for n in read if n not in weights),
+        weight_bytes=sum(tensors.nbytes(n) for n in read if n in weights),
+        activation_bytes=0 if is_constant else sum(tensors.nbytes(n) for n in node.outputs),
+        live_bytes=live_bytes,
+        known=known,
+    )
+
+
+def _label(node: Node) -> str:
+    return node.name or (node.outputs[0] if node.outputs else node.op_type)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 # ---------------------------------------------------------------------------- FLOP rules
@@ -419,54 +466,16 @@ def _einsum_macs(equation: str, ins: list[Value | None]) -> int:
     return int(np.prod(list(sizes.values()), dtype=np.int64))
 
 
-def _live_bytes(graph: Graph, order: list[Node], weights: set[str], nbytes) -> list[int]:
-    """Activation bytes allocated while each node runs, freeing tensors after their last use.
-
-    A node's outputs are allocated before its inputs can be freed, so they count together.
-    Graph inputs are live from the start (unless nobody reads them); graph outputs stay
-    live to the end.
-    """
-    last_use: dict[str, int] = {}
-    for step, node in enumerate(order):
-        for name in node.outputs:
-            if name:
-                last_use[name] = step  # an output nobody reads is freed at once
-        for name in node.present_inputs:
-            last_use[name] = step
-    for name in graph.output_names:
-        last_use[name] = len(order)
-    freed_at: dict[int, list[str]] = collections.defaultdict(list)
-    for name, step in last_use.items():
-        if name not in weights:
-            freed_at[step].append(name)
-    live = sum(nbytes(v.name) for v in graph.inputs if v.name in last_use and v.name not in weights)
-    during = []
-    for step, node in enumerate(order):
-        live += sum(nbytes(name) for name in dict.fromkeys(node.outputs) if name and name not in weights)
-        during.append(live)
-        live -= sum(nbytes(name) for name in freed_at[step])
-    return during
-
-
-def _label(node: Node) -> str:
-    return node.name or (node.outputs[0] if node.outputs else node.op_type)
-
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
+# ---------------------------------------------------------------------------- shared helpers
 def _elements_or_none(value: Value | None) -> int | None:
     if value is None or value.shape is None or not all(isinstance(d, int) for d in value.shape):
         return None
     return int(np.prod(value.shape, dtype=np.int64))
 
 
-# ---------------------------------------------------------------------------- shared helpers
 def _elements(value: Value | None) -> int:
-    if value is None or value.shape is None or not all(isinstance(d, int) for d in value.shape):
-        return 0
-    return int(np.prod(value.shape, dtype=np.int64))
+    """Elements of a tensor, 0 when its shape is not fully known."""
+    return _elements_or_none(value) or 0
 
 
 def _macs(node, ins, outs, op_type: str | None = None) -> int:

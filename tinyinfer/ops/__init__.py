@@ -19,6 +19,7 @@ from . import (  # noqa: F401  (imported for their registrations)
     attention,
     conv,
     elementwise,
+    fused,
     generator,
     indexing,
     linalg,
