@@ -45,17 +45,51 @@ def _node_proto(node: Node) -> onnx.NodeProto:
     for name, value in node.attrs.items():
         if value is None or (isinstance(value, list) and not value):
             continue  # absent, or an empty list whose element type ONNX cannot tell
-        attrs[name] = numpy_helper.from_array(value) if isinstance(value, np.ndarray) else value
+        attrs[name] = _attribute_proto_value(value)
     proto = helper.make_node(node.op_type, node.inputs, node.outputs, name=node.name or None, domain=node.domain or None)
     for name, value in attrs.items():
         proto.attribute.append(helper.make_attribute(name, value))
     return proto
 
 
+def _attribute_proto_value(value):
+    """An attribute as ``helper.make_attribute`` takes it: tensors, subgraphs and types as protos."""
+    if isinstance(value, np.ndarray):
+        return numpy_helper.from_array(value)
+    if isinstance(value, Graph):
+        return _subgraph_proto(value)
+    if isinstance(value, Value):  # a type, e.g. Optional's ``type``
+        return _type_proto(value)
+    if isinstance(value, list) and value and isinstance(value[0], (Graph, Value)):
+        return [_attribute_proto_value(v) for v in value]
+    return value
+
+
+def _subgraph_proto(graph: Graph) -> onnx.GraphProto:
+    """A subgraph (If branch, Loop body) as a ``GraphProto``; it reads outer names freely."""
+    nodes = [_node_proto(node) for node in graph.nodes]
+    initializers = [numpy_helper.from_array(np.asarray(array), name) for name, array in graph.initializers.items()]
+    inputs = [_value_info(v, graph) for v in graph.inputs]
+    outputs = [_value_info(v, graph) for v in graph.outputs]
+    value_info = [_value_info(v, graph) for v in graph.value_info.values() if v.dtype is not None]
+    return helper.make_graph(nodes, graph.name, inputs, outputs, initializers, value_info=value_info)
+
+
 def _value_info(value: Value, graph: Graph) -> onnx.ValueInfoProto:
     dtype = value.dtype
     if dtype is None and value.name in graph.initializers:
         dtype = graph.initializers[value.name].dtype
+    return helper.make_value_info(value.name, _type_proto(value, dtype))
+
+
+def _type_proto(value: Value, dtype=None) -> onnx.TypeProto:
+    """The ONNX type of a value: a tensor type, wrapped in a sequence and/or optional type."""
+    dtype = value.dtype if dtype is None else dtype
     elem = dtypes.to_onnx(dtype) if dtype is not None else onnx.TensorProto.UNDEFINED
     shape = None if value.shape is None else [d if d is not None else None for d in value.shape]
-    return helper.make_tensor_value_info(value.name, elem, shape)
+    proto = helper.make_tensor_type_proto(elem, shape)
+    if value.kind in ("sequence", "optional_sequence"):
+        proto = helper.make_sequence_type_proto(proto)
+    if value.kind in ("optional", "optional_sequence"):
+        proto = helper.make_optional_type_proto(proto)
+    return proto

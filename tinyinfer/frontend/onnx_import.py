@@ -79,8 +79,7 @@ def graph_from_model(model: onnx.ModelProto, base_dir: Path | None = None) -> Gr
         opset[_domain(_text(entry.domain, "opset domain"))] = int(entry.version)
     if "" not in opset and model.ir_version < 3:
         opset[""] = 1
-    g = model.graph
-    graph = Graph(name=_text(g.name, "graph name") or "graph", opset=opset)
+    graph = graph_from_proto(model.graph, opset, base_dir)
     graph.metadata = {
         "ir_version": int(model.ir_version),
         "producer_name": model.producer_name,
@@ -88,6 +87,18 @@ def graph_from_model(model: onnx.ModelProto, base_dir: Path | None = None) -> Gr
         "doc_string": model.doc_string,
         "metadata_props": {p.key: p.value for p in model.metadata_props},
     }
+    graph.validate()
+    return graph
+
+
+def graph_from_proto(g: onnx.GraphProto, opset: dict[str, int], base_dir: Path | None = None) -> Graph:
+    """Convert a ``GraphProto``: a model's main graph, or a subgraph (If branch, Loop body).
+
+    Subgraphs found in node attributes are converted the same way, recursively; they share
+    the model's opset imports. Validation is left to the caller, since a subgraph can only
+    be checked with the names of its enclosing graph in scope.
+    """
+    graph = Graph(name=_text(g.name, "graph name") or "graph", opset=dict(opset))
     for tensor in g.initializer:
         graph.initializers[_text(tensor.name, "initializer name")] = tensor_to_array(tensor, base_dir)
     for sparse in g.sparse_initializer:
@@ -100,7 +111,9 @@ def graph_from_model(model: onnx.ModelProto, base_dir: Path | None = None) -> Gr
             op_type=_text(proto.op_type, "op type"),
             inputs=[_text(name, "tensor name") for name in proto.input],
             outputs=[_text(name, "tensor name") for name in proto.output],
-            attrs={_text(a.name, "attribute name"): attribute_value(a, base_dir, proto) for a in proto.attribute},
+            attrs={
+                _text(a.name, "attribute name"): attribute_value(a, base_dir, proto, opset) for a in proto.attribute
+            },
             domain=_domain(_text(proto.domain, "domain")),
             name=_text(proto.name, "node name") or f"{proto.op_type}_{index}",
         )
@@ -111,7 +124,6 @@ def graph_from_model(model: onnx.ModelProto, base_dir: Path | None = None) -> Gr
             )
         node.version = opset[domain]
         graph.nodes.append(node)
-    graph.validate()
     return graph
 
 
@@ -128,23 +140,40 @@ def _domain(domain: str) -> str:
 
 def value_from_proto(info: onnx.ValueInfoProto) -> Value:
     """A graph input/output/value_info entry as a :class:`Value` (symbolic dims kept)."""
-    _text(info.name, "value name")
-    kind = info.type.WhichOneof("value")
+    return type_from_proto(info.type, _text(info.name, "value name"))
+
+
+def type_from_proto(proto: onnx.TypeProto, name: str = "") -> Value:
+    """A ``TypeProto`` as a :class:`Value`: a tensor, a sequence of tensors, or an optional
+    of either (``kind`` says which; dtype and shape are the element tensor's)."""
+    kind = proto.WhichOneof("value")
     if kind is None:  # type left out: legal for intermediate values
-        return Value(info.name)
+        return Value(name)
+    if kind == "sequence_type":
+        element = type_from_proto(proto.sequence_type.elem_type, name)
+        if element.kind != "tensor":
+            raise UnsupportedOpError(f"value '{name}' is a sequence of {element.kind}s; tinyinfer handles sequences of tensors")
+        return Value(name, element.dtype, element.shape, kind="sequence")
+    if kind == "optional_type":
+        element = type_from_proto(proto.optional_type.elem_type, name)
+        if element.kind not in ("tensor", "sequence"):
+            raise UnsupportedOpError(f"value '{name}' is an optional {element.kind}; tinyinfer handles optional tensors and sequences")
+        return Value(name, element.dtype, element.shape, kind="optional" if element.kind == "tensor" else "optional_sequence")
     if kind != "tensor_type":
-        raise UnsupportedOpError(f"value '{info.name}' has type {kind}; tinyinfer handles tensors only")
-    tensor_type = info.type.tensor_type
+        raise UnsupportedOpError(
+            f"value '{name}' has type {kind}; tinyinfer handles tensors, sequences and optionals"
+        )
+    tensor_type = proto.tensor_type
     try:
         dtype = dtypes.from_onnx(tensor_type.elem_type) if tensor_type.elem_type else None
     except KeyError as exc:
-        raise UnsupportedOpError(f"value '{info.name}': {exc.args[0]}") from None
+        raise UnsupportedOpError(f"value '{name}': {exc.args[0]}") from None
     shape = None
     if tensor_type.HasField("shape"):
         shape = tuple(
             d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim
         )
-    return Value(info.name, dtype, shape)
+    return Value(name, dtype, shape)
 
 
 def tensor_to_array(tensor: onnx.TensorProto, base_dir: Path | None) -> np.ndarray:
@@ -205,8 +234,12 @@ def _with_external_data(tensor: onnx.TensorProto, base_dir: Path | None) -> onnx
     return copy
 
 
-def attribute_value(attr: onnx.AttributeProto, base_dir: Path | None, node: Any = None) -> Any:
-    """An attribute as a typed Python value: int, float, str, list, or NumPy array."""
+def attribute_value(
+    attr: onnx.AttributeProto, base_dir: Path | None, node: Any = None, opset: dict[str, int] | None = None
+) -> Any:
+    """An attribute as a typed Python value: int, float, str, list, NumPy array, or
+    :class:`ir.Graph` for a subgraph (``opset`` is the model's, which subgraphs share);
+    a type (the ``type`` of an Optional) becomes a :class:`Value` with an empty name."""
     A = onnx.AttributeProto
     kind = attr.type
     if kind == A.FLOAT:
@@ -230,7 +263,15 @@ def attribute_value(attr: onnx.AttributeProto, base_dir: Path | None, node: Any 
         return [tensor_to_array(t, base_dir) for t in attr.tensors]
     where = f" of {node.op_type} '{node.name}'" if node is not None else ""
     if kind in (A.GRAPH, A.GRAPHS):
-        raise UnsupportedOpError(f"attribute '{attr.name}'{where} holds a subgraph; control flow is not supported")
+        if opset is None:
+            raise UnsupportedOpError(f"attribute '{attr.name}'{where} holds a subgraph, but no opset was given for it")
+        if kind == A.GRAPH:
+            return graph_from_proto(attr.g, opset, base_dir)
+        return [graph_from_proto(g, opset, base_dir) for g in attr.graphs]
+    if kind == A.TYPE_PROTO:
+        return type_from_proto(attr.tp)
+    if kind == A.TYPE_PROTOS:
+        return [type_from_proto(t) for t in attr.type_protos]
     if kind in (A.SPARSE_TENSOR, A.SPARSE_TENSORS):
         raise InvalidAttributeError(f"attribute '{attr.name}'{where} holds a sparse tensor; sparse tensors are not supported")
     if kind == A.UNDEFINED and attr.ref_attr_name:

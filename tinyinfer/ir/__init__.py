@@ -1,6 +1,6 @@
 """The intermediate representation: Graph, Node, Value and element types."""
 
 from . import dtypes
-from .graph import Dim, Graph, Node, Shape, Value
+from .graph import KINDS, Dim, Graph, Node, Shape, Value
 
-__all__ = ["Dim", "Graph", "Node", "Shape", "Value", "dtypes"]
+__all__ = ["KINDS", "Dim", "Graph", "Node", "Shape", "Value", "dtypes"]

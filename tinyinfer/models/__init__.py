@@ -12,14 +12,16 @@ from . import (  # noqa: F401  (imported for their zoo registrations)
 )
 from .builder import NetworkBuilder
 from .light import LIGHT_MODELS, calibrate_batchnorm, light_model_path, load_light_model, redraw_weights
-from .metrics import count_flops
+from .metrics import CostReport, analyze, count_flops
 from .zoo import ZOO, ZooEntry, build, entry, list_models, register_model
 
 __all__ = [
+    "CostReport",
     "LIGHT_MODELS",
     "NetworkBuilder",
     "ZOO",
     "ZooEntry",
+    "analyze",
     "build",
     "calibrate_batchnorm",
     "count_flops",

@@ -260,3 +260,15 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     if rounded < 0.9 * value:
         rounded += divisor
     return rounded
+
+
+def calibration_batch(resolution: int, *, pixels: int = 2 * 224 * 224) -> int:
+    """How many random images to measure BatchNorm statistics on at ``resolution``.
+
+    As many as hold ``pixels`` (two 224×224 images), and at least two. A network's last
+    stages see a 32× smaller map: 7×7 at 224, but 3×3 at 96, where two images give each
+    channel only 18 samples — too few, and the variance measured on them is often much too
+    small, so activations blow up stage after stage (EfficientNet-B0's logits reach the
+    hundreds at 96×96 with two calibration images, about 1 with eleven).
+    """
+    return max(2, math.ceil(pixels / (resolution * resolution)))

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import onnx
 
-from .builder import NetworkBuilder
+from . import light
+from .builder import NetworkBuilder, calibration_batch
 from .zoo import register_model
 
 #: Units per stage (stages 2, 3, 4), the same in both papers.
@@ -137,7 +138,9 @@ def shufflenet_v1(*, groups: int = 3, width: float = 1.0, resolution: int = 224,
                                    group_first=not (stage == 2 and index == 0), name=f"stage{stage}.{index}")
     x = net.global_avg_pool(x, name="pool")
     probabilities = net.classifier(x, num_classes)
-    return net.build(probabilities, doc=f"ShuffleNet V1 {width}x, g={groups}, {resolution}x{resolution}", seed=seed)
+    model = net.build(probabilities, doc=f"ShuffleNet V1 {width}x, g={groups}, {resolution}x{resolution}", calibrate=False)
+    # BatchNorm statistics from enough images that the last, smallest maps give enough samples
+    return light.calibrate_batchnorm(model, seed=seed, batch=calibration_batch(resolution))
 
 
 # ---------------------------------------------------------------------------- ShuffleNet V2
@@ -188,4 +191,6 @@ def shufflenet_v2(*, width: float = 1.0, resolution: int = 224, num_classes: int
     x = net.conv_bn_act(x, conv5_channels, 1, act="relu", name="conv5")
     x = net.global_avg_pool(x, name="pool")
     probabilities = net.classifier(x, num_classes)
-    return net.build(probabilities, doc=f"ShuffleNet V2 {width}x, {resolution}x{resolution}", seed=seed)
+    model = net.build(probabilities, doc=f"ShuffleNet V2 {width}x, {resolution}x{resolution}", calibrate=False)
+    # BatchNorm statistics from enough images that the last, smallest maps give enough samples
+    return light.calibrate_batchnorm(model, seed=seed, batch=calibration_batch(resolution))

@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import ops
 from ..ir import Graph, Node, Value
+from .rewrite import bypass
 
 FLOAT_KINDS = "f"
 
@@ -126,6 +127,15 @@ class Rewriter:
         self.graph.nodes.insert(last + 1, node)
         self.remove(*chain)
         return node
+
+    def bypass(self, node: Node) -> bool:
+        """Remove a node whose first output equals its first input (see :func:`rewrite.bypass`)."""
+        inputs = [n for n in node.inputs if n in self.graph.initializers]
+        if not bypass(self.graph, node, node.inputs[0], node.outputs[0]):
+            return False
+        self._replaced.update(inputs)
+        self.touched()
+        return True
 
     def set_inputs(self, node: Node, inputs: list[str]) -> None:
         """Change what a node reads (remembering the weights it no longer reads)."""
