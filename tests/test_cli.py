@@ -80,3 +80,18 @@ def test_bench_reports_both_engines_and_agreement(model_path, capsys):
 def test_conformance_subset_counts_passes(capsys):
     assert main(["conformance", "--op", "Relu"]) == 0
     assert "passed, 0 failed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("suffix", ["onnx", "tinf"])
+def test_optimize_prints_the_report_and_saves_a_runnable_model(model_path, tmp_path, capsys, suffix):
+    out = tmp_path / f"opt.{suffix}"
+    assert main(["optimize", str(model_path), str(out), "--level", "O2", "--memory"]) == 0
+    text = capsys.readouterr().out
+    assert "optimisation level O2" in text and "dead_code_elimination" in text and "lower bound" in text
+    x = np.ones((2, 4), np.float32)
+    import tinyinfer as ti
+
+    np.testing.assert_allclose(
+        ti.InferenceSession(str(out)).run(None, {"x": x})[0], ti.InferenceSession(str(model_path)).run(None, {"x": x})[0],
+        rtol=1e-6,
+    )

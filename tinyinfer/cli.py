@@ -87,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--resolution", type=int, default=None, help="input side in pixels (builder's default if omitted)")
     q.add_argument("--seed", type=int, default=None, help="seed of the random weights (builder's default if omitted)")
     q.set_defaults(handler=_zoo_export)
+
+    p = sub.add_parser("optimize", help="run the graph passes and save the result (.onnx or .tinf)")
+    p.add_argument("model", help="an .onnx/.tinf path, light:NAME or zoo:NAME")
+    p.add_argument("output", metavar="OUT.{onnx,tinf}")
+    p.add_argument("--level", default="O2", choices=["O0", "O1", "O2", "O3"], help="optimisation level (default O2)")
+    p.add_argument("--memory", action="store_true", help="also plan the activation memory and print the three sizes")
+    p.add_argument("--notes", type=int, default=3, help="changes listed per pass (default 3)")
+    p.set_defaults(handler=_optimize)
     return parser
 
 
@@ -337,4 +345,20 @@ def _bench(args) -> int:
 
         with open(args.json, "w") as f:
             json.dump(report.to_dict(), f, indent=2)
+    return 0
+
+
+def _optimize(args) -> int:
+    from . import load, save
+    from .passes import PassManager
+
+    graph = load(resolve_model(args.model))
+    optimized, report = PassManager(args.level).run(graph)
+    print(report.table(notes=args.notes))
+    if args.memory:
+        from .passes.memory import plan_memory
+
+        print("activation memory:", plan_memory(optimized).summary())
+    save(optimized, args.output)
+    print(f"saved {len(optimized.nodes)} nodes to {args.output}")
     return 0

@@ -215,11 +215,13 @@ def const_ints(value: Value | None) -> list[int] | None:
 
 
 def like(node: Node, index: int, value: Value, dtype=None, shape=None) -> Value:
-    """An output Value for ``node.outputs[index]`` with another value's dtype/shape by default."""
+    """An output Value for ``node.outputs[index]`` with another value's type (dtype, shape,
+    kind) by default."""
     return Value(
         node.outputs[index],
         value.dtype if dtype is None else dtype,
         value.shape if shape is None else shape,
+        kind=value.kind,
     )
 
 

@@ -5,6 +5,11 @@ bad attribute) and fills attribute defaults. :func:`infer_shapes` walks the grap
 topological order and gives every tensor a :class:`Value`; where all inputs of a node are
 known constants (weights, or shapes that are static), it runs the node's reference to get
 the value itself, so ``Shape -> Gather -> Concat -> Reshape`` chains resolve to real shapes.
+
+A node with subgraphs (If, Loop, Scan) also reads its *implicit inputs*, the outer names its
+subgraphs use: ``infer`` and ``reference`` get their Values and arrays after the explicit
+inputs, in the order of ``node.implicit_inputs``. Control-flow ops infer their subgraphs
+with :func:`infer_shapes` too, passing the enclosing scope as ``outer``.
 """
 
 from __future__ import annotations
@@ -20,10 +25,20 @@ MAX_FOLDED_ELEMENTS = 1 << 22
 
 
 def prepare_graph(graph: Graph) -> Graph:
-    """Check every node against its op and fill in typed attribute defaults (in place)."""
+    """Check every node against its op and fill in typed attribute defaults (in place).
+
+    Subgraphs are prepared too (a subgraph built without opsets uses its parent's); an error
+    inside one names the node that owns it.
+    """
     for node in graph.nodes:
         version = node.version or graph.opset_of(node.domain)
         prepare_node(node, version)
+        for attr, subgraph in node.subgraphs():
+            subgraph.opset = subgraph.opset or dict(graph.opset)
+            try:
+                prepare_graph(subgraph)
+            except TinyInferError as exc:
+                raise type(exc)(f"{node_label(node)}, subgraph '{attr}': {exc}") from None
     return graph
 
 
@@ -32,22 +47,25 @@ def infer_shapes(
     inputs: dict[str, Value] | None = None,
     *,
     fold_constants: bool = True,
+    outer: dict[str, Value] | None = None,
 ) -> dict[str, Value]:
     """A Value (dtype, shape, and ``const`` where known) for every tensor of the graph.
 
     ``inputs`` overrides the declared type of graph inputs, e.g. with the concrete shapes of
-    a feed; symbolic dims stay symbolic otherwise.
+    a feed; symbolic dims stay symbolic otherwise. ``outer`` holds the Values of the
+    enclosing scope when ``graph`` is a subgraph (its own names hide outer ones).
     """
     inputs = inputs or {}
-    known: dict[str, Value] = {}
+    known: dict[str, Value] = dict(outer or {})
     for name, array in graph.initializers.items():
         known[name] = Value(name, array.dtype, array.shape, const=array)
     for value in graph.inputs:
         given = inputs.get(value.name, value)
-        known[value.name] = Value(value.name, given.dtype, given.shape, const=given.const)
+        known[value.name] = Value(value.name, given.dtype, given.shape, const=given.const, kind=given.kind)
     for node in graph.topological_order():
         try:
             args = [known[name] if name else None for name in node.inputs]
+            args += [known[name] for name in node.implicit_inputs]
         except KeyError as exc:
             raise InvalidGraphError(f"{node_label(node)} reads '{exc.args[0]}', which is not defined") from None
         op = get_op(node)
@@ -85,6 +103,8 @@ def _evaluate(op, node, args) -> list[Value]:
     sizes = [_size(v.shape) for v in inferred]
     if any(s is None or s > MAX_FOLDED_ELEMENTS for s in sizes):
         return inferred
+    if any(v.kind != "tensor" for v in inferred):
+        return inferred  # only tensors are ever constants, never sequences or optionals
     arrays = [None if a is None else a.const for a in args]
     try:
         results = op.reference(node, *arrays)
