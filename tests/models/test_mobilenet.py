@@ -32,7 +32,7 @@ RESOLUTION = 96  # correctness runs; the published costs are checked at the pape
 def uncalibrated(name: str, **config) -> onnx.ModelProto:
     """Build without measuring BatchNorm statistics (a full run): counting needs shapes only."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("tinyinfer.models.mobilenet.calibrate_batchnorm", lambda model, seed=0, batch=2: model)
+        patch.setattr("tinyinfer.models.light.calibrate_batchnorm", lambda model, **options: model)
         return zoo.build(name, **config)
 
 

@@ -94,7 +94,7 @@ def test_logits_have_a_sane_scale(squeezenet):
 
 
 @pytest.mark.parametrize("resolution, feature_map", [(224, 13), (227, 14), (96, 5)])
-def test_resolution_changes_macs_not_params(resolution, feature_map):
+def test_class_maps_follow_caffe_ceil_pooling(resolution, feature_map):
     """The pools round up, as in Caffe: 224 gives 13×13 class maps, the authors' 227 crop 14×14."""
     model = zoo.build("squeezenet1_1", resolution=resolution)
     assert zoo.measured_cost(model)[0] == 1_235_496

@@ -8,6 +8,8 @@ assumes.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -18,8 +20,17 @@ from ..ir import Graph, Node, Value, dtypes
 DEFAULT_IR_VERSION = 10
 
 
-def to_onnx(graph: Graph, *, producer: str = "tinyinfer") -> onnx.ModelProto:
-    """Export a graph as an ONNX model."""
+def to_onnx(graph: Graph, *, producer: str = "tinyinfer", decompose: bool = True) -> onnx.ModelProto:
+    """Export a graph as an ONNX model.
+
+    ``decompose=True`` (the default) first rewrites tinyinfer's fused ``ai.tinyinfer`` nodes
+    (which the O2 passes create) into the standard nodes they stand for, so any ONNX runtime
+    can run the result; ``decompose=False`` writes them as they are.
+    """
+    if decompose:
+        from ..ops.fused import decompose_fused  # the fused ops know their own decomposition
+
+        graph = decompose_fused(graph)
     nodes = [_node_proto(node) for node in graph.nodes]
     initializers = [numpy_helper.from_array(np.asarray(array), name) for name, array in graph.initializers.items()]
     inputs = [_value_info(v, graph) for v in graph.inputs]
@@ -42,14 +53,32 @@ def save_onnx(graph: Graph, path) -> None:
 
 def _node_proto(node: Node) -> onnx.NodeProto:
     attrs = {}
+    known = _schema_attributes(node.op_type, node.domain, node.version)
     for name, value in node.attrs.items():
         if value is None or (isinstance(value, list) and not value):
             continue  # absent, or an empty list whose element type ONNX cannot tell
+        if known is not None and name not in known:
+            continue  # newer than the node's opset (e.g. MaxPool-9 has no ceil_mode): its default applies
         attrs[name] = _attribute_proto_value(value)
     proto = helper.make_node(node.op_type, node.inputs, node.outputs, name=node.name or None, domain=node.domain or None)
     for name, value in attrs.items():
         proto.attribute.append(helper.make_attribute(name, value))
     return proto
+
+
+@functools.lru_cache(maxsize=None)
+def _schema_attributes(op_type: str, domain: str, version: int) -> frozenset[str] | None:
+    """The attribute names ONNX's schema of an ai.onnx op knows at ``version`` (None: unknown).
+
+    The ops read every attribute of the newest version, with defaults that keep the old
+    meaning; an older opset's checker rejects the names it does not know yet.
+    """
+    if domain not in ("", "ai.onnx") or not version:
+        return None
+    try:
+        return frozenset(onnx.defs.get_schema(op_type, version, "").attributes)
+    except onnx.defs.SchemaError:
+        return None
 
 
 def _attribute_proto_value(value):

@@ -22,12 +22,10 @@ implementation (TensorFlow's slim ``mobilenet``) rounds them.
 
 from __future__ import annotations
 
-import math
-
 import onnx
 
-from .builder import NetworkBuilder, make_divisible
-from .light import calibrate_batchnorm
+from . import light
+from .builder import NetworkBuilder, calibration_batch, make_divisible
 from .zoo import register_model
 
 #: Howard et al., 2017, Table 1: the depthwise separable layers after the stem
@@ -262,8 +260,8 @@ def _build(net: NetworkBuilder, output: str, resolution: int, *, doc: str, seed:
 
     Below 224 the last stages see tiny maps (3×3 at 96×96): statistics from two images, 18
     values per channel, fit those two images so closely that on any other input the
-    activations grow a little at every batch norm, and MobileNetV3's logits reach the tens.
-    Measuring on more images keeps every resolution as well-scaled as 224.
+    activations grow at every batch norm (MobileNetV3-Large's logits reach the tens at 96×96;
+    about 1 with :func:`~tinyinfer.models.builder.calibration_batch`'s eleven images).
     """
     model = net.build(output, doc=doc, calibrate=False)
-    return calibrate_batchnorm(model, seed=seed, batch=max(2, math.ceil(2 * (224 / resolution) ** 2)))
+    return light.calibrate_batchnorm(model, seed=seed, batch=calibration_batch(resolution))

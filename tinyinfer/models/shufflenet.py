@@ -80,7 +80,7 @@ def shufflenet_v1_unit(net: NetworkBuilder, x: str, out_channels: int, *, stride
     conv → BN, then: stride 1, add the input and ReLU; stride 2, concatenate a 3×3 average
     pool (stride 2) of the input and ReLU — the branch then only makes ``out - in`` channels.
     The bottleneck is a quarter of the unit's output channels. ``group_first=False`` leaves
-    the first 1×1 conv dense (stage 2's first unit: its 24 input channels are too few to split).
+    the first 1×1 conv dense (stage 2's first unit: conv1's 24 channels are too few to split).
     """
     in_channels = net.channels(x)
     branch_channels = out_channels - in_channels if stride == 2 else out_channels
@@ -103,11 +103,10 @@ def shufflenet_v1_unit(net: NetworkBuilder, x: str, out_channels: int, *, stride
     paper="Zhang et al., 2018, ShuffleNet: An Extremely Efficient Convolutional Neural Network for Mobile Devices",
     params=1.9e6,
     macs=140e6,
-    note="ShuffleNet 1x, g=3. MACs: Table 2 of the paper (its 'FLOPs' are multiply-adds; Table 1 "
-    "lists 137M for this network). The paper "
-    "gives no parameter count: 1.9M is the authors' own figure for their released 1.0x g=3 model "
-    "(megvii-model/ShuffleNet-Series, ShuffleNetV1 README, which also measures 138M FLOPs). The "
-    "network has 1.865M (1.8M truncated, 1.9M rounded); the classifier has a bias here.",
+    note="ShuffleNet 1x, g=3. MACs: the paper's 140M (Table 2; its 'FLOPs' are multiply-adds, and "
+    "Table 1 gives 137M for this exact network). Parameters: the paper reports none; 1.9M is the "
+    "authors' figure for their released 1.0x g=3 model (megvii-model/ShuffleNet-Series, ShuffleNetV1 "
+    "README). The network built here has 1.865M weights, classifier included.",
 )
 def shufflenet_v1(*, groups: int = 3, width: float = 1.0, resolution: int = 224, num_classes: int = 1000,
                   seed: int = 0) -> onnx.ModelProto:

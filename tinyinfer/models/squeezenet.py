@@ -43,10 +43,17 @@ SQUEEZENET_1_1_LAYERS = (
 
 def fire(net: NetworkBuilder, x: str, squeeze: int, expand1x1: int, expand3x3: int, *, name: str) -> str:
     """Squeeze with 1×1 filters, expand with 1×1 and 3×3 filters in parallel, concatenate."""
-    s = net.activation(net.conv(x, squeeze, 1, bias=True, name=f"{name}.squeeze"), "relu", name=f"{name}.squeeze.relu")
-    e1 = net.activation(net.conv(s, expand1x1, 1, bias=True, name=f"{name}.expand1x1"), "relu", name=f"{name}.expand1x1.relu")
-    e3 = net.activation(net.conv(s, expand3x3, 3, bias=True, name=f"{name}.expand3x3"), "relu", name=f"{name}.expand3x3.relu")
-    return net.concat([e1, e3], name=f"{name}.concat")
+    squeezed = conv_relu(net, x, squeeze, 1, name=f"{name}.squeeze")
+    expanded1x1 = conv_relu(net, squeezed, expand1x1, 1, name=f"{name}.expand1x1")
+    expanded3x3 = conv_relu(net, squeezed, expand3x3, 3, name=f"{name}.expand3x3")
+    return net.concat([expanded1x1, expanded3x3], name=f"{name}.concat")
+
+
+def conv_relu(net: NetworkBuilder, x: str, channels: int, kernel: int, *, stride: int = 1, padding: int | None = None,
+              name: str) -> str:
+    """Convolution with bias, then ReLU: SqueezeNet's only layer type (it has no batch norm)."""
+    y = net.conv(x, channels, kernel, stride=stride, padding=padding, bias=True, name=name)
+    return net.activation(y, "relu", name=f"{name}.relu")
 
 
 @register_model(
@@ -71,15 +78,14 @@ def squeezenet1_1(*, resolution: int = 224, num_classes: int = 1000, seed: int =
     x = net.input("input", ("N", 3, resolution, resolution))
     for name, spec in SQUEEZENET_1_1_LAYERS:
         if name == "conv1":
-            x = net.activation(net.conv(x, spec, 3, stride=2, padding=0, bias=True, name="conv1"), "relu", name="conv1.relu")
+            x = conv_relu(net, x, spec, 3, stride=2, padding=0, name="conv1")
         elif name == "pool":
             x = net.max_pool(x, 3, 2, ceil_mode=True, name="maxpool")
         else:
             x = fire(net, x, *spec, name=name)
     # The classifier: dropout (identity at inference), a 1×1 conv to one map per class, ReLU,
     # global average pooling to one logit per class.
-    x = net.conv(x, num_classes, 1, bias=True, name="conv10")
-    x = net.activation(x, "relu", name="conv10.relu")
+    x = conv_relu(net, x, num_classes, 1, name="conv10")
     x = net.global_avg_pool(x, name="avgpool")
     logits = net.flatten(x, name="logits")
     probabilities = net.node("Softmax", [logits], net.shapes[logits], name="probabilities", axis=-1)

@@ -75,8 +75,8 @@ def measured_cost(model: onnx.ModelProto | Any, batch: int = 1) -> tuple[int, in
     """(parameters, MACs per ``batch`` images) of a model, in the papers' convention.
 
     Parameters: every initializer except BatchNormalization's running mean and variance
-    (buffers, not learned parameters — PyTorch's count, which the papers report). Small integer
-    constants (shapes, axes) are not parameters either. MACs: the multiply-adds of Conv,
+    (buffers, not learned parameters — PyTorch's count, which the papers report). Integer
+    constants (shapes, axes) and scalars (a Clip's bounds) are not parameters either. MACs: the multiply-adds of Conv,
     ConvTranspose, Gemm and MatMul (:func:`tinyinfer.models.metrics.count_flops`).
     """
     from ..runtime import load
@@ -90,7 +90,7 @@ def measured_cost(model: onnx.ModelProto | Any, batch: int = 1) -> tuple[int, in
     params = sum(
         int(array.size)
         for name, array in graph.initializers.items()
-        if name not in buffers and array.dtype.kind == "f"
+        if name not in buffers and array.dtype.kind == "f" and array.ndim > 0
     )
     macs = sum(cost.macs for cost in count_flops(graph, batch=batch))
     return params, macs

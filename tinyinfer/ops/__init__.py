@@ -17,6 +17,7 @@ from .base import (
 from . import (  # noqa: F401  (imported for their registrations)
     activation,
     attention,
+    control_flow,
     conv,
     elementwise,
     fused,
@@ -31,6 +32,7 @@ from . import (  # noqa: F401  (imported for their registrations)
     recurrent,
     reduce,
     resize,
+    sequence,
     signal,
     tensor,
     vision,

@@ -753,7 +753,7 @@ class Identity(Op):
         return [like(node, 0, inputs[0])]
 
     def reference(self, node, data):
-        return data
+        return (data,)  # a tuple: a sequence input is a list, not a list of outputs
 
 
 @register

@@ -62,7 +62,10 @@ def _inference_dropout(graph: Graph, node) -> bool:
 
 @register_pass("dead_code_elimination", "O1")
 def eliminate_dead_code(graph: Graph) -> list[str]:
-    """Remove nodes whose outputs are never read, then weights nobody reads."""
+    """Remove nodes whose outputs are never read, then weights nobody reads.
+
+    What a node's subgraphs read from the graph (its implicit inputs) counts as read.
+    """
     notes = []
     needed = set(graph.output_names)
     kept = []
@@ -70,6 +73,7 @@ def eliminate_dead_code(graph: Graph) -> list[str]:
         if any(name and name in needed for name in node.outputs):
             kept.append(node)
             needed.update(node.present_inputs)
+            needed.update(node.implicit_inputs)
         else:
             notes.append(f"removed unused {node.op_type} '{node.name}'")
     graph.nodes = kept[::-1]

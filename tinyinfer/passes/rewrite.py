@@ -6,10 +6,16 @@ from ..ir import Graph, Node
 
 
 def rename_uses(graph: Graph, old: str, new: str) -> None:
-    """Make every node that reads ``old`` read ``new`` instead."""
+    """Make every node that reads ``old`` read ``new`` instead, inside subgraphs too."""
     for node in graph.nodes:
         if old in node.inputs:
             node.inputs = [new if name == old else name for name in node.inputs]
+        for _, subgraph in node.subgraphs():
+            if old in subgraph.outer_names():  # read from outside, not defined inside
+                rename_uses(subgraph, old, new)
+                for value in subgraph.outputs:
+                    if value.name == old:
+                        value.name = new
 
 
 def bypass(graph: Graph, node: Node, source: str, target: str) -> bool:

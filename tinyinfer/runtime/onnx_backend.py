@@ -111,15 +111,27 @@ def run_case(case) -> None:
         outputs = rep.run(inputs)
         assert len(outputs) == len(expected), f"{len(outputs)} outputs, expected {len(expected)}"
         for got, want in zip(outputs, expected):
-            want = np.asarray(want)
-            assert got.shape == want.shape, f"shape {got.shape}, expected {want.shape}"
-            assert got.dtype == want.dtype, f"dtype {got.dtype}, expected {want.dtype}"
-            if want.dtype == object or want.dtype.kind in "biu":
-                np.testing.assert_array_equal(got, want)
-            else:
-                np.testing.assert_allclose(
-                    got.astype(np.float64), want.astype(np.float64), rtol=case.rtol, atol=case.atol, equal_nan=True
-                )
+            _assert_close(got, want, case)
+
+
+def _assert_close(got, want, case) -> None:
+    """Compare one output: a tensor, a sequence (list) of tensors, or an empty optional (None)."""
+    if want is None or isinstance(want, list):
+        assert type(got) is type(want), f"got {type(got).__name__}, expected {type(want).__name__}"
+        if want is not None:
+            assert len(got) == len(want), f"a sequence of {len(got)} tensors, expected {len(want)}"
+            for got_item, want_item in zip(got, want):
+                _assert_close(got_item, _as_array(want_item), case)
+        return
+    want = np.asarray(want)
+    assert got.shape == want.shape, f"shape {got.shape}, expected {want.shape}"
+    assert got.dtype == want.dtype, f"dtype {got.dtype}, expected {want.dtype}"
+    if want.dtype == object or want.dtype.kind in "biu":
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(
+            got.astype(np.float64), want.astype(np.float64), rtol=case.rtol, atol=case.atol, equal_nan=True
+        )
 
 
 def _as_array(value):

@@ -5,6 +5,11 @@ the nodes whose inputs are all constant right away, gives every remaining tensor
 a flat list, and records after which step each slot can be released. A run then only
 fills the input slots, calls the steps in order and reads the output slots: no dictionary
 look-ups, no shape inference, no graph walking.
+
+A node with subgraphs (If, Loop, Scan) also reads its *implicit inputs*, the outer values
+its subgraphs use by name: they become extra step inputs after the explicit ones (the op
+pairs them with ``node.implicit_inputs``), so their slots stay alive until the node ran.
+Slots hold arrays, and for sequence and optional values a list of arrays or None.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ class Step:
 
     node: Node
     fn: Callable
-    inputs: tuple[int, ...]  # slot indices; -1 for an omitted optional input
+    inputs: tuple[int, ...]  # slot indices (explicit, then implicit inputs); -1 for an omitted optional input
     outputs: tuple[int, ...]
     release: tuple[int, ...]  # slots no later step (or output) reads
     record: NodeRecord
@@ -56,8 +61,8 @@ class Plan:
                 raise
             except Exception as exc:
                 raise ExecutionError(
-                    f"{node_label(step.node)} failed on inputs "
-                    f"{[None if a is None else (a.dtype.name, a.shape) for a in args]}: {type(exc).__name__}: {exc}"
+                    f"{node_label(step.node)} failed on inputs {[_describe(a) for a in args]}: "
+                    f"{type(exc).__name__}: {exc}"
                 ) from exc
             step.record.total_ns += clock() - start
             step.record.calls += 1
@@ -68,9 +73,9 @@ class Plan:
                 needed = max((i + 1 for i, index in enumerate(step.outputs) if index >= 0), default=0)
                 if len(results) < needed:
                     raise ExecutionError(f"{node_label(step.node)} returned {len(results)} outputs, expected {needed}")
-            for index, result in zip(step.outputs, results):
+            for index, result, value in zip(step.outputs, results, step.expected):
                 if index >= 0:
-                    slots[index] = np.asarray(result)
+                    slots[index] = np.asarray(result) if value.kind == "tensor" else result
             if check_shapes:
                 _check(step, results)
             for index in step.release:
@@ -117,14 +122,14 @@ def compile_plan(graph: Graph, input_values: dict[str, Value], kernel_for: Calla
             Step(
                 node=node,
                 fn=fn,
-                inputs=tuple(slot(n) if n else -1 for n in node.inputs),
+                inputs=tuple(slot(n) if n else -1 for n in (*node.inputs, *node.implicit_inputs)),
                 outputs=tuple(slot(n) if n else -1 for n in node.outputs),
                 release=(),
                 record=record,
                 expected=tuple(values[n] if n else None for n in node.outputs),
             )
         )
-        for name in node.present_inputs:
+        for name in (*node.present_inputs, *node.implicit_inputs):
             if name in graph.initializers and template[slot(name)] is None:
                 template[slot(name)] = graph.initializers[name]
             elif name in values and values[name].const is not None and name not in fed and template[slot(name)] is None:
@@ -157,19 +162,41 @@ def _plan_releases(steps: list[Step], keep: set[int], template: list) -> None:
 
 def _check(step: Step, results) -> None:
     for value, result in zip(step.expected, results):
-        if value is None:
-            continue
-        array = np.asarray(result)
-        if value.dtype is not None and array.dtype != value.dtype:
-            raise ExecutionError(
-                f"{node_label(step.node)}: output '{value.name}' has dtype {array.dtype}, inference said {value.dtype}"
-            )
-        if value.shape is not None:
-            ok = len(value.shape) == array.ndim and all(
-                not isinstance(d, int) or d == n for d, n in zip(value.shape, array.shape)
-            )
-            if not ok:
-                raise ExecutionError(
-                    f"{node_label(step.node)}: output '{value.name}' has shape {list(array.shape)}, "
-                    f"inference said {list(value.shape)}"
-                )
+        if value is not None:
+            _check_value(step, value, result)
+
+
+def _check_value(step: Step, value: Value, result) -> None:
+    """Compare a result with its inferred type: kind first, then each tensor's dtype and shape."""
+    where = f"{node_label(step.node)}: output '{value.name}'"
+    if value.kind in ("optional", "optional_sequence"):
+        if result is None:
+            return
+        value = Value(value.name, value.dtype, value.shape, kind="tensor" if value.kind == "optional" else "sequence")
+    if value.kind == "sequence":
+        if not isinstance(result, list):
+            raise ExecutionError(f"{where} is a {type(result).__name__}, inference said a sequence")
+        for item in result:
+            _check_value(step, Value(value.name, value.dtype, value.shape), item)
+        return
+    if result is None or isinstance(result, list):
+        raise ExecutionError(f"{where} is {_describe(result)}, inference said a tensor")
+    array = np.asarray(result)
+    if value.dtype is not None and array.dtype != value.dtype:
+        raise ExecutionError(f"{where} has dtype {array.dtype}, inference said {value.dtype}")
+    if value.shape is not None:
+        ok = len(value.shape) == array.ndim and all(
+            not isinstance(d, int) or d == n for d, n in zip(value.shape, array.shape)
+        )
+        if not ok:
+            raise ExecutionError(f"{where} has shape {list(array.shape)}, inference said {list(value.shape)}")
+
+
+def _describe(value):
+    """A runtime value in an error message: (dtype, shape), a list of those for a sequence, or None."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [_describe(v) for v in value]
+    array = np.asarray(value)
+    return (array.dtype.name, array.shape)

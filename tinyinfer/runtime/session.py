@@ -106,7 +106,7 @@ class InferenceSession:
         unknown = [name for name in wanted if name not in known]
         if unknown:
             raise FeedNameError(f"requested output(s) {unknown} are not outputs of the model; outputs are {sorted(known)}")
-        key = tuple((a.dtype.str, a.shape) for a in arrays)
+        key = tuple(_feed_key(a) for a in arrays)
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plan(arrays)
@@ -117,12 +117,12 @@ class InferenceSession:
         self._runs += 1
         # Outputs that are weights or feeds are copied: a caller writing to a result must not
         # change the model or its own input.
-        return [np.array(r, copy=True) if _shares(r, arrays, plan) else r for r in results]
+        return [_detach(r, arrays, plan) for r in results]
 
     def plan_for(self, feeds: Mapping[str, Any]) -> Plan:
         """The compiled plan the given feeds run with (compiled now if new)."""
         arrays = self._check_feeds(feeds)
-        key = tuple((a.dtype.str, a.shape) for a in arrays)
+        key = tuple(_feed_key(a) for a in arrays)
         if key not in self._plans:
             self._plans[key] = self._plan(arrays)
         return self._plans[key]
@@ -144,7 +144,7 @@ class InferenceSession:
         return Profile(records=list(merged.values()), runs=self._runs, run_ns=self._run_ns)
 
     def _plan(self, arrays: list[np.ndarray]) -> Plan:
-        given = {v.name: Value(v.name, a.dtype, a.shape) for v, a in zip(self.graph.inputs, arrays)}
+        given = {v.name: _feed_type(v, a) for v, a in zip(self.graph.inputs, arrays)}
         return compile_plan(self.graph, given)
 
     def _check_feeds(self, feeds: Mapping[str, Any]) -> list[np.ndarray]:
@@ -163,42 +163,65 @@ class InferenceSession:
         arrays = []
         bound: dict[str, tuple[str, int]] = {}
         for value in self.graph.inputs:
-            array = feeds[value.name]
-            if not isinstance(array, np.ndarray):
-                try:
-                    array = np.asarray(array)
-                except (ValueError, TypeError) as exc:  # ragged nested lists, odd objects
-                    raise FeedTypeError(
-                        f"input '{value.name}' expects {_type(value.dtype)}; the feed (a "
-                        f"{type(array).__name__}) is not convertible to an array: {exc}"
-                    ) from None
-            if value.dtype is not None and array.dtype != value.dtype:
-                raise FeedTypeError(
-                    f"input '{value.name}' expects {_type(value.dtype)}, got {_type(array.dtype)} "
-                    f"(numpy {array.dtype}); convert with .astype({_numpy_name(value.dtype)})"
-                )
-            if value.shape is not None:
-                if array.ndim != len(value.shape):
-                    raise FeedShapeError(
-                        f"input '{value.name}' expects rank {len(value.shape)} {_dims(value.shape)}, "
-                        f"got rank {array.ndim} {list(array.shape)}"
-                    )
-                for axis, (dim, size) in enumerate(zip(value.shape, array.shape)):
-                    if isinstance(dim, int) and dim != size:
-                        raise FeedShapeError(
-                            f"input '{value.name}' expects {_dims(value.shape)}, got {list(array.shape)} "
-                            f"(dimension {axis} must be {dim})"
-                        )
-                    if isinstance(dim, str):
-                        if dim in bound and bound[dim][1] != size:
-                            other, was = bound[dim]
-                            raise FeedShapeError(
-                                f"input '{value.name}' dimension {axis} ('{dim}') is {size}, but '{dim}' "
-                                f"is {was} in input '{other}'"
-                            )
-                        bound.setdefault(dim, (value.name, size))
-            arrays.append(array)
+            feed = feeds[value.name]
+            if value.kind != "tensor":
+                arrays.append(self._check_sequence_or_optional(value, feed, bound))
+                continue
+            arrays.append(self._check_tensor(value, feed, bound))
         return arrays
+
+    def _check_sequence_or_optional(self, value: Value, feed: Any, bound: dict) -> Any:
+        """A feed for a sequence (a list of arrays) or an optional (None, or its element)."""
+        if feed is None:
+            if value.kind in ("optional", "optional_sequence"):
+                return None
+            raise FeedTypeError(f"input '{value.name}' expects {_value_type(value)}, got None")
+        if value.kind in ("sequence", "optional_sequence"):
+            if not isinstance(feed, (list, tuple)):
+                raise FeedTypeError(
+                    f"input '{value.name}' expects {_value_type(value)}: a list of arrays, got a {type(feed).__name__}"
+                )
+            # The tensors of a sequence may differ in their symbolic dims, so none are bound.
+            element = Value(value.name, value.dtype, value.shape)
+            return [self._check_tensor(element, item, {}) for item in feed]
+        return self._check_tensor(Value(value.name, value.dtype, value.shape), feed, bound)
+
+    def _check_tensor(self, value: Value, array: Any, bound: dict) -> np.ndarray:
+        """A tensor feed: converted to an array, its dtype and static dims checked, its symbols bound."""
+        if not isinstance(array, np.ndarray):
+            try:
+                array = np.asarray(array)
+            except (ValueError, TypeError) as exc:  # ragged nested lists, odd objects
+                raise FeedTypeError(
+                    f"input '{value.name}' expects {_type(value.dtype)}; the feed (a "
+                    f"{type(array).__name__}) is not convertible to an array: {exc}"
+                ) from None
+        if value.dtype is not None and array.dtype != value.dtype:
+            raise FeedTypeError(
+                f"input '{value.name}' expects {_type(value.dtype)}, got {_type(array.dtype)} "
+                f"(numpy {array.dtype}); convert with .astype({_numpy_name(value.dtype)})"
+            )
+        if value.shape is not None:
+            if array.ndim != len(value.shape):
+                raise FeedShapeError(
+                    f"input '{value.name}' expects rank {len(value.shape)} {_dims(value.shape)}, "
+                    f"got rank {array.ndim} {list(array.shape)}"
+                )
+            for axis, (dim, size) in enumerate(zip(value.shape, array.shape)):
+                if isinstance(dim, int) and dim != size:
+                    raise FeedShapeError(
+                        f"input '{value.name}' expects {_dims(value.shape)}, got {list(array.shape)} "
+                        f"(dimension {axis} must be {dim})"
+                    )
+                if isinstance(dim, str):
+                    if dim in bound and bound[dim][1] != size:
+                        other, was = bound[dim]
+                        raise FeedShapeError(
+                            f"input '{value.name}' dimension {axis} ('{dim}') is {size}, but '{dim}' "
+                            f"is {was} in input '{other}'"
+                        )
+                    bound.setdefault(dim, (value.name, size))
+        return array
 
     def __repr__(self) -> str:
         ins = ", ".join(f"{a.name}: {a.type}{a.shape}" for a in self._inputs)
@@ -208,7 +231,42 @@ class InferenceSession:
 
 def _node_arg(value: Value) -> NodeArg:
     shape = [] if value.shape is None else [d for d in value.shape]
-    return NodeArg(value.name, shape, dtypes.type_name(value.dtype) if value.dtype is not None else "tensor(unknown)", value.dtype)
+    return NodeArg(value.name, shape, _value_type(value), value.dtype)
+
+
+def _value_type(value: Value) -> str:
+    """ONNX Runtime's spelling of a value's type: ``tensor(float)``, ``seq(tensor(float))``,
+    ``optional(tensor(float))`` or ``optional(seq(tensor(float)))``."""
+    tensor = dtypes.type_name(value.dtype) if value.dtype is not None else "tensor(unknown)"
+    return {
+        "tensor": tensor,
+        "sequence": f"seq({tensor})",
+        "optional": f"optional({tensor})",
+        "optional_sequence": f"optional(seq({tensor}))",
+    }[value.kind]
+
+
+def _feed_key(feed: Any) -> tuple:
+    """What a plan depends on in a feed: dtype and shape, of each tensor of a sequence."""
+    if feed is None:
+        return ("none",)
+    if isinstance(feed, list):
+        return ("sequence", *(_feed_key(item) for item in feed))
+    return (feed.dtype.str, feed.shape)
+
+
+def _feed_type(declared: Value, feed: Any) -> Value:
+    """The Value a plan is compiled for: the feed's type, of the declared kind."""
+    if feed is None:
+        return Value(declared.name, declared.dtype, declared.shape, kind=declared.kind)
+    if isinstance(feed, list):
+        if not feed:
+            return Value(declared.name, declared.dtype, declared.shape, kind=declared.kind)
+        shapes = {item.shape for item in feed}
+        same_rank = len({len(s) for s in shapes}) == 1
+        shape = tuple(d[0] if len(set(d)) == 1 else None for d in zip(*shapes)) if same_rank else None
+        return Value(declared.name, feed[0].dtype, shape, kind=declared.kind)
+    return Value(declared.name, feed.dtype, feed.shape, kind=declared.kind)
 
 
 def _type(dtype) -> str:
@@ -229,11 +287,31 @@ def _dims(shape) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-def _shares(result: np.ndarray, feeds: list[np.ndarray], plan: Plan) -> bool:
+def _detach(result: Any, feeds: list, plan: Plan) -> Any:
+    """A result the caller may write to: copied when it is (or views) a weight or a feed."""
+    if result is None:
+        return None
+    if isinstance(result, list):
+        return [_detach(item, feeds, plan) for item in result]
+    return np.array(result, copy=True) if _shares(result, feeds, plan) else result
+
+
+def _shares(result: np.ndarray, feeds: list, plan: Plan) -> bool:
     """Whether a result is, or views, a constant of the plan (a weight) or a feed."""
     if any(result is c for c in plan.slots if c is not None):
         return True
     if not result.size:
         return False
     constants = [c for c in plan.slots if isinstance(c, np.ndarray) and c.size]
-    return any(np.may_share_memory(result, a) for a in (*constants, *feeds) if a.size)
+    return any(np.may_share_memory(result, a) for a in (*constants, *_arrays(feeds)) if a.size)
+
+
+def _arrays(feeds: list) -> list[np.ndarray]:
+    """The arrays of the feeds, those inside sequences included."""
+    found = []
+    for feed in feeds:
+        if isinstance(feed, list):
+            found.extend(feed)
+        elif feed is not None:
+            found.append(feed)
+    return found
