@@ -229,7 +229,12 @@ class NetworkBuilder:
 
     # ------------------------------------------------------------------ finishing
     def build(self, output: str | Sequence[str], *, doc: str = "", calibrate: bool = True, seed: int = 0) -> onnx.ModelProto:
-        """The ONNX model, checked; BatchNorm statistics measured on random input."""
+        """The ONNX model, checked; BatchNorm statistics measured on random input.
+
+        The statistics come from :func:`calibration_batch` images of the input's resolution,
+        so the small last feature maps of a low resolution still give every channel enough
+        samples.
+        """
         outputs = [output] if isinstance(output, str) else list(output)
         graph = helper.make_graph(
             self.nodes,
@@ -242,9 +247,11 @@ class NetworkBuilder:
                                   producer_name="tinyinfer.models", ir_version=8, doc_string=doc)
         onnx.checker.check_model(model)
         if calibrate:
-            from .light import calibrate_batchnorm
+            from . import light
 
-            model = calibrate_batchnorm(model, seed=seed)
+            spatial = [d for d in self.shapes[self.inputs[0].name][2:] if isinstance(d, int)]
+            pixels = int(np.prod(spatial)) if spatial else 224 * 224
+            model = light.calibrate_batchnorm(model, seed=seed, batch=calibration_batch(int(round(pixels ** 0.5))))
         return model
 
 

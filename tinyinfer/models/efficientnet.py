@@ -35,8 +35,7 @@ import math
 
 import onnx
 
-from . import light
-from .builder import NetworkBuilder, calibration_batch, make_divisible
+from .builder import NetworkBuilder, make_divisible
 from .zoo import register_model
 
 #: Table 1: (expansion ratio, kernel, stride of the first block, output channels, repeats).
@@ -136,9 +135,7 @@ def efficientnet_b0(*, width_coefficient: float = 1.0, depth_coefficient: float 
     x = net.global_avg_pool(x, name="pool")
     probabilities = net.classifier(x, num_classes)
     doc = f"EfficientNet (width {width_coefficient}, depth {depth_coefficient}), {resolution}x{resolution}"
-    model = net.build(probabilities, doc=doc, calibrate=False)
-    # BatchNorm statistics from enough images that the last, smallest maps give enough samples
-    return light.calibrate_batchnorm(model, seed=seed, batch=calibration_batch(resolution))
+    return net.build(probabilities, doc=doc, seed=seed)
 
 
 def _conv_bn(net: NetworkBuilder, x: str, out_channels: int, kernel: int, *, stride: int = 1, groups: int = 1,

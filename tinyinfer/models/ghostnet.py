@@ -46,8 +46,7 @@ import math
 
 import onnx
 
-from . import light
-from .builder import NetworkBuilder, calibration_batch, make_divisible
+from .builder import NetworkBuilder, make_divisible
 from .zoo import register_model
 
 #: Table 1: (kernel, expansion channels, output channels, squeeze-excite, stride) per bottleneck.
@@ -146,6 +145,4 @@ def ghostnet(*, width: float = 1.0, resolution: int = 224, num_classes: int = 10
     x = net.conv(x, HEAD_CHANNELS, 1, bias=True, name="head")
     x = net.activation(x, "relu", name="head.relu")
     probabilities = net.classifier(x, num_classes)
-    model = net.build(probabilities, doc=f"GhostNet {width}x, {resolution}x{resolution}", calibrate=False)
-    # BatchNorm statistics from enough images that the last, smallest maps give enough samples
-    return light.calibrate_batchnorm(model, seed=seed, batch=calibration_batch(resolution))
+    return net.build(probabilities, doc=f"GhostNet {width}x, {resolution}x{resolution}", seed=seed)

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import onnx
 
-from . import light
-from .builder import NetworkBuilder, calibration_batch, make_divisible
+from .builder import NetworkBuilder, make_divisible
 from .zoo import register_model
 
 #: Howard et al., 2017, Table 1: the depthwise separable layers after the stem
@@ -263,5 +262,4 @@ def _build(net: NetworkBuilder, output: str, resolution: int, *, doc: str, seed:
     activations grow at every batch norm (MobileNetV3-Large's logits reach the tens at 96×96;
     about 1 with :func:`~tinyinfer.models.builder.calibration_batch`'s eleven images).
     """
-    model = net.build(output, doc=doc, calibrate=False)
-    return light.calibrate_batchnorm(model, seed=seed, batch=calibration_batch(resolution))
+    return net.build(output, doc=doc, seed=seed)

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import onnx
 
-from . import light
-from .builder import NetworkBuilder, calibration_batch
+from .builder import NetworkBuilder
 from .zoo import register_model
 
 #: He et al., 2016, Table 1, column "18-layer": (output channels, basic blocks, first stride)
@@ -65,7 +64,4 @@ def resnet18(*, resolution: int = 224, num_classes: int = 1000, seed: int = 0) -
             x = basic_block(net, x, channels, stride, name=f"layer{stage}.{block}")
     x = net.global_avg_pool(x, name="avgpool")
     probabilities = net.classifier(x, num_classes, name="fc")
-    model = net.build(probabilities, doc="ResNet-18 (He et al., 2016)", calibrate=False)
-    # BatchNorm statistics from as many pixels as two 224×224 images, so the small last maps
-    # of a low resolution still give each channel enough samples.
-    return light.calibrate_batchnorm(model, seed=seed, batch=calibration_batch(resolution))
+    return net.build(probabilities, doc="ResNet-18 (He et al., 2016)", seed=seed)

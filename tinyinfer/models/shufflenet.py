@@ -31,8 +31,7 @@ from __future__ import annotations
 
 import onnx
 
-from . import light
-from .builder import NetworkBuilder, calibration_batch
+from .builder import NetworkBuilder
 from .zoo import register_model
 
 #: Units per stage (stages 2, 3, 4), the same in both papers.
@@ -137,9 +136,7 @@ def shufflenet_v1(*, groups: int = 3, width: float = 1.0, resolution: int = 224,
                                    group_first=not (stage == 2 and index == 0), name=f"stage{stage}.{index}")
     x = net.global_avg_pool(x, name="pool")
     probabilities = net.classifier(x, num_classes)
-    model = net.build(probabilities, doc=f"ShuffleNet V1 {width}x, g={groups}, {resolution}x{resolution}", calibrate=False)
-    # BatchNorm statistics from enough images that the last, smallest maps give enough samples
-    return light.calibrate_batchnorm(model, seed=seed, batch=calibration_batch(resolution))
+    return net.build(probabilities, doc=f"ShuffleNet V1 {width}x, g={groups}, {resolution}x{resolution}", seed=seed)
 
 
 # ---------------------------------------------------------------------------- ShuffleNet V2
@@ -190,6 +187,4 @@ def shufflenet_v2(*, width: float = 1.0, resolution: int = 224, num_classes: int
     x = net.conv_bn_act(x, conv5_channels, 1, act="relu", name="conv5")
     x = net.global_avg_pool(x, name="pool")
     probabilities = net.classifier(x, num_classes)
-    model = net.build(probabilities, doc=f"ShuffleNet V2 {width}x, {resolution}x{resolution}", calibrate=False)
-    # BatchNorm statistics from enough images that the last, smallest maps give enough samples
-    return light.calibrate_batchnorm(model, seed=seed, batch=calibration_batch(resolution))
+    return net.build(probabilities, doc=f"ShuffleNet V2 {width}x, {resolution}x{resolution}", seed=seed)

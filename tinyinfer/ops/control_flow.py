@@ -129,40 +129,38 @@ def without_const(value: Value, name: str = "") -> Value:
 
 
 def infer_subgraph(owner: Node, attr: str, inputs: Sequence[Value | None], outer: dict[str, Value]) -> list[Value]:
-    """The Values of a subgraph's outputs, its inputs typed as ``inputs`` (declared types fill
-    what a given Value leaves unknown) and the enclosing scope as ``outer``."""
+    """The Values of a subgraph's outputs, its inputs typed as ``inputs`` and the enclosing
+    scope as ``outer``.
+
+    Shapes come from inference alone: the types a subgraph declares for its inputs and
+    outputs are hints that ONNX does not check (a Loop body may declare a scalar for a value
+    that grows), so only their element types fill in what inference leaves unknown.
+    """
     graph: Graph = owner.attrs[attr]
     given = {}
     for declared, value in zip(graph.inputs, inputs):
-        value = value or declared
-        given[declared.name] = Value(
-            declared.name,
-            value.dtype if value.dtype is not None else declared.dtype,
-            value.shape if value.shape is not None else declared.shape,
-            const=value.const,
-            kind=value.kind,
-        )
+        dtype = value.dtype if value is not None and value.dtype is not None else declared.dtype
+        kind = value.kind if value is not None else declared.kind
+        shape = value.shape if value is not None else None
+        given[declared.name] = Value(declared.name, dtype, shape, const=value.const if value else None, kind=kind)
     try:
         known = infer_shapes(graph, given, outer=outer)
     except TinyInferError as exc:
         raise type(exc)(f"{node_label(owner)}, subgraph '{attr}': {exc}") from None
     results = []
     for declared in graph.outputs:
-        value = known.get(declared.name, declared)
-        results.append(
-            Value(
-                declared.name,
-                value.dtype if value.dtype is not None else declared.dtype,
-                value.shape if value.shape is not None else declared.shape,
-                const=value.const,
-                kind=value.kind if declared.kind == "tensor" else declared.kind,
-            )
-        )
+        value = known.get(declared.name, Value(declared.name, kind=declared.kind))
+        dtype = value.dtype if value.dtype is not None else declared.dtype
+        results.append(Value(declared.name, dtype, value.shape, const=value.const, kind=value.kind))
     return results
 
 
 def _widen(initial: Value, produced: Value) -> Value:
-    """The type of a carried value that starts as ``initial`` and becomes ``produced``."""
+    """The type of a carried value that starts as ``initial`` and becomes ``produced``.
+
+    The kind stays the initial one: a body may take an optional and return what it holds,
+    and the body's inputs keep their declared kind for every iteration.
+    """
     dtype = initial.dtype if initial.dtype is not None else produced.dtype
     return Value(initial.name, dtype, merge_shapes([initial.shape, produced.shape]), kind=initial.kind)
 
@@ -173,17 +171,23 @@ def _same_type(a: Value, b: Value) -> bool:
 
 def _carried_types(owner: Node, head: list[Value], state: list[Value], tail: list[Value], outer: dict[str, Value], skip: int):
     """Infer a loop body ``(head..., state..., tail...) -> (skip outputs, state..., rest...)``
-    until the carried state's types are stable; returns (state types, body output Values)."""
+    until the carried state's types are stable.
+
+    Returns the Values of the carried outputs (valid after any number of iterations, zero
+    included; of the kind the body returns) and the body's output Values.
+    """
     state = [without_const(v) for v in state]
     for _ in range(_MAX_WIDENING_ROUNDS):
         results = infer_subgraph(owner, "body", [*head, *state, *tail], outer)
-        produced = results[skip:skip + len(state)]
-        widened = [_widen(s, p) for s, p in zip(state, produced)]
+        widened = [_widen(s, p) for s, p in zip(state, results[skip:])]
         if all(_same_type(a, b) for a, b in zip(widened, state)):
-            return state, results
+            break
         state = widened
-    state = [Value(v.name, v.dtype, None, kind=v.kind) for v in state]
-    return state, infer_subgraph(owner, "body", [*head, *state, *tail], outer)
+    else:
+        state = [Value(v.name, v.dtype, None, kind=v.kind) for v in state]
+        results = infer_subgraph(owner, "body", [*head, *state, *tail], outer)
+    final = [Value(s.name, s.dtype, s.shape, kind=p.kind) for s, p in zip(state, results[skip:])]
+    return final, results
 
 
 def _check_bool_condition(node: Node, value: Value | None, what: str) -> None:
@@ -237,11 +241,24 @@ class If(Op):
         (cond,), outer = split_inputs(node, inputs)
         require_inputs(node, [cond], 1)
         _check_bool_condition(node, cond, "cond")
-        then = infer_subgraph(node, "then_branch", [], outer)
-        otherwise = infer_subgraph(node, "else_branch", [], outer)
         if cond.const is not None and np.asarray(cond.const).size == 1:
-            chosen = then if bool(np.asarray(cond.const).reshape(-1)[0]) else otherwise
-            return [_kind(node, i, v) for i, v in enumerate(chosen)]
+            branch = "then_branch" if bool(np.asarray(cond.const).reshape(-1)[0]) else "else_branch"
+            return [_kind(node, i, v) for i, v in enumerate(infer_subgraph(node, branch, [], outer))]
+        # Either branch may run. A branch that cannot work on these inputs (a 3-D branch
+        # given 2-D data) is legal as long as it is not taken; if one fails, the other's
+        # element types are all that can be said.
+        branches = []
+        for branch in ("then_branch", "else_branch"):
+            try:
+                branches.append(infer_subgraph(node, branch, [], outer))
+            except TinyInferError as exc:
+                branches.append(exc)
+        then, otherwise = branches
+        if isinstance(then, Exception) or isinstance(otherwise, Exception):
+            working = otherwise if isinstance(then, Exception) else then
+            if isinstance(working, Exception):
+                raise then
+            return [Value(node.outputs[i], v.dtype, None, kind=v.kind) for i, v in enumerate(working)]
         results = []
         for i, (a, b) in enumerate(zip(then, otherwise)):
             if a.dtype is not None and b.dtype is not None and a.dtype != b.dtype:

@@ -33,6 +33,7 @@ from .. import ops
 from ..ir import Graph, Node
 from ..ops.fused import ACTIVATIONS, DOMAIN, DOMAIN_VERSION
 from .base import register_pass
+from .cleanup import eliminate_dead_code, fold_constants
 from .patterns import Rewriter, channel_vector, close_to, label, other_input, scalar
 
 SQRT_2 = float(np.sqrt(2.0))
@@ -165,7 +166,7 @@ def _merge_reshapes(r: Rewriter, second: Node) -> bool:
 _IDENTITIES = {"Mul": (1.0, True), "Add": (0.0, True), "Sub": (0.0, False), "Div": (1.0, False), "Pow": (1.0, False)}
 
 
-@register_pass("eliminate_algebraic_identities", "O1")
+@register_pass("algebraic_identities", "O1")
 def eliminate_algebraic_identities(graph: Graph) -> list[str]:
     """Remove x*1, 1*x, x+0, 0+x, x-0, x/1 and x**1 when the constant does not broadcast x
     to a bigger shape or another type."""
@@ -186,6 +187,13 @@ def eliminate_algebraic_identities(graph: Graph) -> list[str]:
                     r.note(f"removed {label(node)}: {node.op_type} by {neutral:g}")
                 break
     return r.finish()
+
+
+@register_pass("refold_constants", "O1")
+def fold_constants_after_cleanup(graph: Graph) -> list[str]:
+    """Fold constants and remove dead code again: removing a no-op (a CastLike of a constant
+    to its own type, say) can leave a node whose inputs are now all constant, or unread."""
+    return fold_constants(graph) + eliminate_dead_code(graph)
 
 
 # ============================================================================ O2: LayerNormalization
@@ -232,8 +240,8 @@ def _fuse_layer_normalization_at(r: Rewriter, mean: Node) -> bool:
     variance = r.sole_reader(square.outputs[0], "ReduceMean")
     if variance is None or _reduced_axes(r, variance, rank) != axes or not variance.attrs.get("keepdims", 1):
         return False
-    add_eps = r.sole_reader(variance.outputs[0], "Add")
-    if add_eps is None:
+    add_eps = r.sole_reader(variance.outputs[0], *_ADDS)
+    if not _is_add(add_eps):
         return False
     epsilon = scalar(r.const(other_input(add_eps, variance.outputs[0]) or ""))
     sqrt = r.sole_reader(add_eps.outputs[0], "Sqrt")
@@ -264,8 +272,8 @@ def _fuse_layer_normalization_at(r: Rewriter, mean: Node) -> bool:
         if gamma is not None:
             chain.append(follower)
             result = follower.outputs[0]
-    follower = r.sole_reader(result, "Add")
-    if follower is not None and not follower.domain:
+    follower = r.sole_reader(result, *_ADDS)
+    if _is_add(follower):
         beta = r.const(other_input(follower, result) or "")
         if beta is not None:
             chain.append(follower)
@@ -370,8 +378,8 @@ def _tanh_argument(r: Rewriter, tanh: Node) -> tuple[str | None, list[Node]]:
     inner = _only_tensor(r, leaves)
     if inner is None or not close_to(_constant_product(r, leaves), SQRT_2_OVER_PI):
         return None, []
-    add = r.producer(inner, "Add")
-    if add is None or add.domain or not r.is_private(inner):
+    add = r.producer(inner, *_ADDS)
+    if not _is_add(add) or not r.is_private(inner):
         return None, []
     for x, cubic in (add.inputs, add.inputs[::-1]):
         term = r.producer(cubic, "Mul")
@@ -394,8 +402,8 @@ def _fuse_gelu_at(r: Rewriter, core: Node, x: str | None, argument_nodes: list[N
     """Given ``core`` = Erf or Tanh of the right argument of x, match ``0.5 * x * (1 + core)``."""
     if x is None or not r.is_float(x):
         return False
-    plus = r.sole_reader(core.outputs[0], "Add")
-    if plus is None or plus.domain or not close_to(r.const(other_input(plus, core.outputs[0]) or ""), 1.0):
+    plus = r.sole_reader(core.outputs[0], *_ADDS)
+    if not _is_add(plus) or not close_to(r.const(other_input(plus, core.outputs[0]) or ""), 1.0):
         return False
     top = r.sole_reader(plus.outputs[0], "Mul")
     for _ in range(3):  # climb through at most three Muls to the product of x, 0.5 and the sum
@@ -456,7 +464,7 @@ def fuse_matmul_add(graph: Graph) -> list[str]:
     """Fuse ``MatMul(A, B) + c`` into ``Gemm(A, B, c)`` (Y = A B + C) when A and B are
     matrices, B is a weight and c a constant bias that broadcasts to (M, N)."""
     r = Rewriter(graph)
-    if graph.opset_of("") < 7:  # Gemm before opset 7 spells broadcasting out with a flag
+    if graph.opset.get("", 0) < 7:  # Gemm before opset 7 spells broadcasting out with a flag
         return []
     for matmul in [n for n in graph.nodes if n.op_type == "MatMul" and not n.domain]:
         a, b = matmul.inputs
@@ -465,8 +473,8 @@ def fuse_matmul_add(graph: Graph) -> list[str]:
         shape = r.shape(a)
         if weight is None or weight.ndim != 2 or shape is None or len(shape) != 2 or not r.is_float(a):
             continue
-        add = r.sole_reader(product, "Add")
-        if add is None or add.domain:
+        add = r.sole_reader(product, *_ADDS)
+        if not _is_add(add):
             continue
         bias_name = other_input(add, product)
         bias = r.const(bias_name or "")
@@ -474,7 +482,7 @@ def fuse_matmul_add(graph: Graph) -> list[str]:
             continue
         gemm = Node("Gemm", [a, b, bias_name], [add.outputs[0]],
                     {"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0}, "", matmul.name)
-        ops.prepare_node(gemm, graph.opset_of(""))
+        ops.prepare_node(gemm, graph.opset.get("", 0))
         r.replace([matmul, add], gemm)
         r.note(f"fused {label(matmul)} and {label(add)} into Gemm")
     return r.finish()
@@ -510,8 +518,8 @@ def fold_bias_add(graph: Graph) -> list[str]:
     """Fold ``Conv(x) + c`` (c a per-channel constant, [C,1,1] or [1,C,1,1]) into the conv's
     bias, ``b' = b + c``; the same for ConvTranspose, and for Gemm (``C' = beta*C + c``)."""
     r = Rewriter(graph)
-    for add in [n for n in graph.nodes if n.op_type in ("Add", "Sub") and not n.domain]:
-        for position in (0, 1) if add.op_type == "Add" else (0,):
+    for add in [n for n in graph.nodes if _is_add(n) or (n.op_type == "Sub" and not n.domain)]:
+        for position in (0, 1) if add.op_type != "Sub" else (0,):
             y, constant = add.inputs[position], add.inputs[1 - position]
             value = r.const(constant)
             producer = r.producer(y, "Conv", "ConvTranspose", "Gemm")
@@ -557,9 +565,9 @@ def fold_scale_shift(graph: Graph) -> list[str]:
 
 def _affine_operand(r: Rewriter, node: Node) -> tuple[str, np.ndarray, np.ndarray] | None:
     """For ``node`` = y (op) c with c constant: (y, scale, shift) with node(y) = y*scale + shift."""
-    if node.domain or node.op_type not in ("Mul", "Div", "Add", "Sub") or len(node.inputs) != 2:
+    if node.domain or node.op_type not in ("Mul", "Div", *_ADDS, "Sub") or len(node.inputs) != 2:
         return None
-    commutes = node.op_type in ("Mul", "Add")
+    commutes = node.op_type != "Sub" and node.op_type != "Div"
     for position in (0, 1) if commutes else (0,):
         y, constant = node.inputs[position], node.inputs[1 - position]
         value = r.const(constant)
@@ -571,7 +579,7 @@ def _affine_operand(r: Rewriter, node: Node) -> tuple[str, np.ndarray, np.ndarra
             return y, value, zero
         if node.op_type == "Div":
             return (y, 1.0 / value, zero) if np.all(value != 0) else None
-        return y, one, value if node.op_type == "Add" else -value
+        return y, one, -value if node.op_type == "Sub" else value
     return None
 
 
@@ -739,7 +747,7 @@ def fuse_conv_activation(graph: Graph) -> list[str]:
     have exactly the conv output's shape, as in ResNet's ``relu(bn(conv(x)) + shortcut)``.
     """
     r = Rewriter(graph)
-    for add in [n for n in graph.nodes if n.op_type in ("Add", "Sum") and not n.domain and len(n.inputs) == 2]:
+    for add in [n for n in graph.nodes if _is_add(n)]:
         _fuse_residual(r, add)
     for act in [n for n in graph.nodes if n.op_type in _FUSABLE_ACTIVATIONS and not n.domain]:
         _fuse_activation(r, act)
@@ -807,7 +815,21 @@ def _activation_params(r: Rewriter, act: Node) -> list[float] | None:
     return bounds
 
 
+@register_pass("remove_dead_after_fusion", "O2")
+def eliminate_dead_code_after_fusion(graph: Graph) -> list[str]:
+    """Remove what the fusions left unread (the constant inputs of a replaced chain, say)."""
+    return eliminate_dead_code(graph)
+
+
 # ============================================================================ helpers
+#: Ops that add two tensors (Sum with two inputs is Add; old exporters write it for residuals).
+_ADDS = ("Add", "Sum")
+
+
+def _is_add(node: Node | None) -> bool:
+    return node is not None and node.op_type in _ADDS and not node.domain and len(node.inputs) == 2
+
+
 def _use_domain(r: Rewriter, node: Node) -> None:
     """Check a new ai.tinyinfer node's attributes and make the graph import the domain."""
     r.graph.opset.setdefault(DOMAIN, DOMAIN_VERSION)
@@ -816,7 +838,7 @@ def _use_domain(r: Rewriter, node: Node) -> None:
 
 def _standard_or_fused(r: Rewriter, op_type: str, since: int, inputs, outputs, attrs, name: str) -> Node:
     """The standard op when the graph's opset has it (>= ``since``), else the ai.tinyinfer twin."""
-    opset = r.graph.opset_of("")
+    opset = r.graph.opset.get("", 0)
     if opset >= since:
         node = Node(op_type, inputs, outputs, attrs, "", name)
         ops.prepare_node(node, opset)
