@@ -330,6 +330,8 @@ class Graph:
         for node in shown:
             attrs = ", ".join(f"{k}={_short(v)}" for k, v in node.attrs.items() if v is not None)
             ins = ", ".join(n or "-" for n in node.inputs)
+            if node.implicit_inputs:  # what its subgraphs read from this graph
+                ins += f"; reads {', '.join(node.implicit_inputs)}"
             outs = ", ".join(node.outputs)
             lines.append(f"  {node.op_type:<{width}}  {outs} <- ({ins})" + (f"  [{attrs}]" if attrs else ""))
         if len(shown) < len(self.nodes):
