@@ -463,9 +463,9 @@ def _only_tensor(r: Rewriter, leaves: list[str]) -> str | None:
 def fuse_matmul_add(graph: Graph) -> list[str]:
     """Fuse ``MatMul(A, B) + c`` into ``Gemm(A, B, c)`` (Y = A B + C) when A and B are
     matrices, B is a weight and c a constant bias that broadcasts to (M, N)."""
-    r = Rewriter(graph)
     if graph.opset.get("", 0) < 7:  # Gemm before opset 7 spells broadcasting out with a flag
         return []
+    r = Rewriter(graph)
     for matmul in [n for n in graph.nodes if n.op_type == "MatMul" and not n.domain]:
         a, b = matmul.inputs
         product = matmul.outputs[0]

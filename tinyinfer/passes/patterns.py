@@ -33,7 +33,7 @@ class Rewriter:
 
     def __init__(self, graph: Graph):
         self.graph = graph
-        self.values: dict[str, Value] = ops.infer_shapes(graph)
+        self._values: dict[str, Value] | None = None
         self.notes: list[str] = []
         self._producers: dict[str, Node] | None = None
         self._readers: dict[str, list[Node]] | None = None
@@ -41,6 +41,14 @@ class Rewriter:
         self._replaced: set[str] = set()  # initializers a rewrite stopped reading; maybe dead now
 
     # ------------------------------------------------------------------ looking
+    @property
+    def values(self) -> dict[str, Value]:
+        """Every tensor's inferred Value (computed on first use: a pass that finds nothing to
+        match never pays for shape inference)."""
+        if self._values is None:
+            self._values = ops.infer_shapes(self.graph)
+        return self._values
+
     def producer(self, name: str, *op_types: str) -> Node | None:
         """The node writing ``name`` (if it is one of ``op_types``, when given)."""
         if self._producers is None:

@@ -26,7 +26,7 @@ from ..ir import Graph, Value, dtypes, serialize
 from .plan import Plan, compile_plan
 from .profiler import NodeRecord, Profile
 
-BACKENDS = ("reference",)
+BACKENDS = ("reference", "numba")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,13 +57,17 @@ class InferenceSession:
     """Run a model. ``model`` is a path, serialized bytes, an ``onnx.ModelProto`` or a Graph.
 
     ``backend="reference"`` runs every node with its plain NumPy reference op.
+    ``backend="numba"`` runs each node with the fastest registered Numba kernel that supports
+    it (``select="time"`` times the candidates once on the real shapes; ``select="cost"`` uses
+    their cost hints) and the reference op where none does; ``threads`` sets Numba's threads.
     ``opt_level`` ("O0" … "O3", default "O2") chooses the graph passes run before planning;
     ``sess.optimization`` is their report and ``sess.source_graph`` the graph as imported.
     ``check_shapes=True`` checks every node's result against the inferred dtype and shape
     (slower; the conformance tests use it to test shape inference).
     """
 
-    def __init__(self, model: Any, *, backend: str = "reference", opt_level: str = "O2", check_shapes: bool = False, **options: Any):
+    def __init__(self, model: Any, *, backend: str = "reference", opt_level: str = "O2", threads: int = 0,
+                 select: str = "time", check_shapes: bool = False, **options: Any):
         if backend not in BACKENDS:
             raise TinyInferError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
         if options.get("providers") is not None or options.get("sess_options") is not None:
@@ -77,6 +81,20 @@ class InferenceSession:
         self.graph, self.optimization = PassManager(opt_level).run(self.source_graph)
         self.opt_level = opt_level
         self.backend = backend
+        self.threads = threads
+        self.selector = None
+        if backend == "numba":
+            from .. import kernels  # noqa: F401  (registers the kernels)
+            from .select import KernelSelector
+
+            if threads:
+                import numba
+
+                numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+            try:
+                self.selector = KernelSelector(select, threads=threads)
+            except ValueError as exc:
+                raise TinyInferError(str(exc)) from None
         self.check_shapes = check_shapes
         self._plans: dict[tuple, Plan] = {}
         self._runs = 0
@@ -145,7 +163,7 @@ class InferenceSession:
 
     def _plan(self, arrays: list[np.ndarray]) -> Plan:
         given = {v.name: _feed_type(v, a) for v, a in zip(self.graph.inputs, arrays)}
-        return compile_plan(self.graph, given)
+        return compile_plan(self.graph, given, kernel_for=self.selector)
 
     def _check_feeds(self, feeds: Mapping[str, Any]) -> list[np.ndarray]:
         if not isinstance(feeds, Mapping):

@@ -1,0 +1,95 @@
+"""Pre-inference kernel selection: timing, verification against the reference, the cache."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+import tinyinfer as ti
+from tinyinfer.errors import TinyInferError
+from tinyinfer.kernels import registry
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch, tmp_path):
+    """A private kernel registry and cache directory for each test."""
+    monkeypatch.setattr(registry, "KERNELS", {})
+    monkeypatch.setenv("TINYINFER_CACHE_DIR", str(tmp_path))
+
+
+def _relu_model():
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _register(name, fn, cost=None):
+    registry.register_kernel("Relu", name, supports=lambda node, inputs: inputs[0].dtype == np.float32, cost=cost)(
+        lambda node, inputs, outputs: fn
+    )
+
+
+def _slow_relu(node, x):
+    time.sleep(0.002)
+    return np.maximum(x, 0)
+
+
+def _fast_relu(node, x):
+    return np.maximum(x, 0)
+
+
+def _wrong_relu(node, x):
+    return np.abs(x)
+
+
+def test_fastest_correct_kernel_is_chosen_and_shown_in_the_profile():
+    _register("slow", _slow_relu)
+    _register("fast", _fast_relu)
+    sess = ti.InferenceSession(_relu_model(), backend="numba")
+    x = np.linspace(-1, 1, 128, dtype=np.float32).reshape(2, 64)
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], np.maximum(x, 0))
+    assert [r.kernel for r in sess.profile().records] == ["fast"]
+    assert sess.selector.log[0]["chosen"] == "fast"
+
+
+def test_a_kernel_that_disagrees_with_the_reference_is_never_chosen():
+    _register("wrong", _wrong_relu)
+    sess = ti.InferenceSession(_relu_model(), backend="numba")
+    x = -np.ones((1, 64), np.float32)
+    with pytest.warns(UserWarning, match="wrong disagrees"):
+        y = sess.run(None, {"x": x})[0]
+    np.testing.assert_array_equal(y, 0)
+    assert sess.profile().records[0].kernel == "reference"
+
+
+def test_choice_is_cached_for_the_next_session(tmp_path):
+    _register("fast", _fast_relu)
+    x = np.ones((3, 64), np.float32)
+    ti.InferenceSession(_relu_model(), backend="numba").run(None, {"x": x})
+    assert (tmp_path / "kernel_choices.json").is_file()
+    warm = ti.InferenceSession(_relu_model(), backend="numba")
+    warm.run(None, {"x": x})
+    assert warm.selector.log == []  # no timing: the cached choice was used
+    assert warm.profile().records[0].kernel == "fast"
+
+
+def test_cost_mode_picks_by_hint_without_timing():
+    _register("cheap", _slow_relu, cost=lambda node, inputs: 1.0)
+    _register("pricey", _fast_relu, cost=lambda node, inputs: 5.0)
+    sess = ti.InferenceSession(_relu_model(), backend="numba", select="cost")
+    sess.run(None, {"x": np.ones((1, 64), np.float32)})
+    assert sess.profile().records[0].kernel == "cheap"
+
+
+def test_nodes_without_kernels_run_their_reference_and_bad_options_are_errors():
+    sess = ti.InferenceSession(_relu_model(), backend="numba")
+    sess.run(None, {"x": np.ones((1, 64), np.float32)})
+    assert sess.profile().records[0].kernel == "reference"
+    with pytest.raises(TinyInferError, match="unknown backend"):
+        ti.InferenceSession(_relu_model(), backend="cuda")
+    with pytest.raises(TinyInferError, match="selection mode"):
+        ti.InferenceSession(_relu_model(), backend="numba", select="guess")
