@@ -38,22 +38,6 @@ SUPPORTED = set(ops.supported_ops())
 
 #: Tests of supported ops that are left out, each with the reason.
 EXCLUDED: dict[str, str] = {
-    "test_affine_grid_2d_align_corners_expanded": (
-        "the expanded function feeds Range a 1-element 1-D 'limit' (a Split piece); Range "
-        "accepts only 0-d start/limit/delta, ONNX Runtime also takes 1-element tensors"
-    ),
-    "test_affine_grid_2d_expanded": (
-        "the expanded function feeds Range a 1-element 1-D 'limit' (a Split piece); Range "
-        "accepts only 0-d start/limit/delta, ONNX Runtime also takes 1-element tensors"
-    ),
-    "test_affine_grid_3d_align_corners_expanded": (
-        "the expanded function feeds Range a 1-element 1-D 'limit' (a Split piece); Range "
-        "accepts only 0-d start/limit/delta, ONNX Runtime also takes 1-element tensors"
-    ),
-    "test_affine_grid_3d_expanded": (
-        "the expanded function feeds Range a 1-element 1-D 'limit' (a Split piece); Range "
-        "accepts only 0-d start/limit/delta, ONNX Runtime also takes 1-element tensors"
-    ),
     "test_loop16_seq_none": (
         "onnx's BackendTest cannot compare a sequence holding a 0-d tensor (its "
         "assert_similar_outputs calls len() on each element); `tinyinfer conformance` runs "

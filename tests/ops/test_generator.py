@@ -154,8 +154,13 @@ def test_range_refuses_zero_delta_and_non_scalars():
     with pytest.raises(TinyInferError, match="delta must not be zero"):
         run_tinyinfer("Range", [np.array(v, np.int64) for v in (0, 5, 0)], opset=11)
     with pytest.raises(ShapeInferenceError, match="'limit' must be a scalar"):
-        inputs = [np.array(0.0, np.float32), np.array([5.0], np.float32), np.array(1.0, np.float32)]
+        inputs = [np.array(0.0, np.float32), np.array([5.0, 6.0], np.float32), np.array(1.0, np.float32)]
         run_tinyinfer("Range", inputs, opset=11)
+
+
+def test_range_accepts_one_element_tensors_as_onnxruntime_does():
+    inputs = [np.array(0.0, np.float32), np.array([5.0], np.float32), np.array(1.0, np.float32)]
+    np.testing.assert_array_equal(run_tinyinfer("Range", inputs, opset=11)[0], np.arange(5, dtype=np.float32))
 
 
 # ---------------------------------------------------------------------------- Cast

@@ -42,6 +42,7 @@ def _fast_relu(node, x):
     return np.maximum(x, 0)
 
 
+
 def _wrong_relu(node, x):
     return np.abs(x)
 
@@ -52,8 +53,11 @@ def test_fastest_correct_kernel_is_chosen_and_shown_in_the_profile():
     sess = ti.InferenceSession(_relu_model(), backend="numba")
     x = np.linspace(-1, 1, 128, dtype=np.float32).reshape(2, 64)
     np.testing.assert_array_equal(sess.run(None, {"x": x})[0], np.maximum(x, 0))
-    assert [r.kernel for r in sess.profile().records] == ["fast"]
-    assert sess.selector.log[0]["chosen"] == "fast"
+    decision = sess.selector.log[0]
+    # "fast" and the reference do the same work; either may win, the sleeping one never does
+    assert decision["chosen"] == min(decision["ms"], key=decision["ms"].get) != "slow"
+    assert set(decision["ms"]) == {"reference", "slow", "fast"}
+    assert [r.kernel for r in sess.profile().records] == [decision["chosen"]]
 
 
 def test_a_kernel_that_disagrees_with_the_reference_is_never_chosen():
@@ -69,12 +73,14 @@ def test_a_kernel_that_disagrees_with_the_reference_is_never_chosen():
 def test_choice_is_cached_for_the_next_session(tmp_path):
     _register("fast", _fast_relu)
     x = np.ones((3, 64), np.float32)
-    ti.InferenceSession(_relu_model(), backend="numba").run(None, {"x": x})
+    cold = ti.InferenceSession(_relu_model(), backend="numba")
+    cold.run(None, {"x": x})
+    chosen = cold.selector.log[0]["chosen"]  # "fast" or "reference": both are as quick here
     assert (tmp_path / "kernel_choices.json").is_file()
     warm = ti.InferenceSession(_relu_model(), backend="numba")
     warm.run(None, {"x": x})
     assert warm.selector.log == []  # no timing: the cached choice was used
-    assert warm.profile().records[0].kernel == "fast"
+    assert warm.profile().records[0].kernel == chosen
 
 
 def test_cost_mode_picks_by_hint_without_timing():

@@ -244,21 +244,8 @@ class If(Op):
         if cond.const is not None and np.asarray(cond.const).size == 1:
             branch = "then_branch" if bool(np.asarray(cond.const).reshape(-1)[0]) else "else_branch"
             return [_kind(node, i, v) for i, v in enumerate(infer_subgraph(node, branch, [], outer))]
-        # Either branch may run. A branch that cannot work on these inputs (a 3-D branch
-        # given 2-D data) is legal as long as it is not taken; if one fails, the other's
-        # element types are all that can be said.
-        branches = []
-        for branch in ("then_branch", "else_branch"):
-            try:
-                branches.append(infer_subgraph(node, branch, [], outer))
-            except TinyInferError as exc:
-                branches.append(exc)
-        then, otherwise = branches
-        if isinstance(then, Exception) or isinstance(otherwise, Exception):
-            working = otherwise if isinstance(then, Exception) else then
-            if isinstance(working, Exception):
-                raise then
-            return [Value(node.outputs[i], v.dtype, None, kind=v.kind) for i, v in enumerate(working)]
+        then = infer_subgraph(node, "then_branch", [], outer)
+        otherwise = infer_subgraph(node, "else_branch", [], outer)
         results = []
         for i, (a, b) in enumerate(zip(then, otherwise)):
             if a.dtype is not None and b.dtype is not None and a.dtype != b.dtype:
@@ -320,7 +307,9 @@ class Loop(Op):
         _check_bool_condition(node, cond, "cond")
         if any(v is None for v in initial):
             raise fail(node, "every loop-carried initial value must be given")
-        head = [Value("", np.int64, ()), Value("", np.bool_, ())]
+        # The body only runs while the condition holds, so inside it the condition input is
+        # always true: a body that passes it through has a known trip count.
+        head = [Value("", np.int64, ()), Value("", np.bool_, (), const=np.array(True))]
         state, results = _carried_types(node, head, initial, [], outer, skip=1)
         _check_bool_condition(node, results[0], "the body's condition output")
         iterations = _known_trip_count(trips, cond, results[0])

@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from ..ir import Graph, Node
-from . import activation, conv, linalg, normalization  # noqa: F401  (the standard ops fused ops build on)
+# The standard ops the fused ones build on must be registered before the classes below read them.
+from . import activation as _activation, conv as _conv, linalg as _linalg, normalization as _normalization  # noqa: F401
 from .base import OPS, Op, bad_attribute, broadcast_shapes, fail, out, prepare_node, register, require_inputs
 
 #: The domain of tinyinfer's own operators.

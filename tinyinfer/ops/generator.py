@@ -161,12 +161,18 @@ class Range(Op):
 
     def infer(self, node, inputs):
         require_inputs(node, inputs, 3)
+        # The spec asks for scalars; a one-element tensor is accepted too, as ONNX Runtime does
+        # (ONNX's own expanded AffineGrid tests feed Range a [1]-shaped limit).
         for name, value in zip(("start", "limit", "delta"), inputs):
-            if value.shape is not None and len(value.shape) != 0:
+            if value.shape is not None and len(value.shape) != 0 and value.shape not in ((1,), (None,)):
                 raise fail(node, f"'{name}' must be a scalar, got shape {list(value.shape)}")
         return [out(node, 0, inputs[0].dtype, (None,))]
 
     def reference(self, node, start, limit, delta):
+        for name, value in zip(("start", "limit", "delta"), (start, limit, delta)):
+            if np.size(value) != 1:
+                raise fail(node, f"'{name}' must hold one value, got shape {list(np.shape(value))}")
+        start, limit, delta = (np.asarray(v).reshape(()) for v in (start, limit, delta))
         dtype = start.dtype
         if np.issubdtype(dtype, np.integer):
             first, stop, step = int(start), int(limit), int(delta)

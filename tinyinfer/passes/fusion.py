@@ -117,7 +117,7 @@ def merge_consecutive_ops(graph: Graph) -> list[str]:
     while changed:
         changed = False
         for node in list(graph.nodes):
-            if node.domain or node not in graph.nodes:
+            if node.domain or not r.alive(node):
                 continue
             if node.op_type == "Transpose" and _merge_transposes(r, node):
                 changed = True
@@ -209,7 +209,7 @@ def fuse_layer_normalization(graph: Graph) -> list[str]:
     """
     r = Rewriter(graph)
     for mean in [n for n in graph.nodes if n.op_type == "ReduceMean" and not n.domain]:
-        if mean in graph.nodes:
+        if r.alive(mean):
             _fuse_layer_normalization_at(r, mean)
     return r.finish()
 
@@ -345,7 +345,7 @@ def fuse_gelu(graph: Graph) -> list[str]:
     """
     r = Rewriter(graph)
     for node in list(graph.nodes):
-        if node.domain or node not in graph.nodes:
+        if node.domain or not r.alive(node):
             continue
         if node.op_type == "Erf":
             _fuse_gelu_at(r, node, *_erf_argument(r, node), approximate="none")
@@ -555,10 +555,10 @@ def fold_scale_shift(graph: Graph) -> list[str]:
     while changed:
         changed = False
         for node in list(graph.nodes):
-            if node in graph.nodes and _absorb_affine(r, node):
+            if r.alive(node) and _absorb_affine(r, node):
                 changed = True
     for node in list(graph.nodes):
-        if node in graph.nodes:
+        if r.alive(node):
             _scale_shift_chain(r, node)
     return r.finish()
 

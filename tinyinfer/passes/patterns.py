@@ -39,6 +39,8 @@ class Rewriter:
         self._readers: dict[str, list[Node]] | None = None
         self._outputs = set(graph.output_names)
         self._replaced: set[str] = set()  # initializers a rewrite stopped reading; maybe dead now
+        self._removed: set[int] = set()  # ids of nodes taken out of the graph
+        self._taken: set[str] | None = None  # every name in use, once a new one is needed
 
     # ------------------------------------------------------------------ looking
     @property
@@ -85,6 +87,10 @@ class Rewriter:
         value = self.values.get(name)
         return None if value is None or value.const is None else np.asarray(value.const)
 
+    def alive(self, node: Node) -> bool:
+        """Whether ``node`` is still in the graph (not removed by an earlier rewrite)."""
+        return id(node) not in self._removed
+
     def shape(self, name: str) -> tuple | None:
         value = self.values.get(name)
         return None if value is None else value.shape
@@ -113,7 +119,14 @@ class Rewriter:
     # ------------------------------------------------------------------ editing
     def constant(self, stem: str, array: np.ndarray) -> str:
         """Store ``array`` as a new initializer; returns its (unique) name."""
-        name = self.graph.unique_name(stem)
+        if self._taken is None:
+            graph = self.graph
+            self._taken = {*graph.initializers, *graph.input_names, *graph.output_names}
+            self._taken |= {n for node in graph.nodes for n in (*node.inputs, *node.outputs, node.name)}
+        name, i = stem, 1
+        while name in self._taken:
+            name, i = f"{stem}_{i}", i + 1
+        self._taken.add(name)
         array = np.asarray(array)
         self.graph.initializers[name] = array
         self.values[name] = Value(name, array.dtype, array.shape, const=array)
@@ -122,6 +135,7 @@ class Rewriter:
     def remove(self, *nodes: Node) -> None:
         """Take nodes out of the graph (their outputs must be unused or renamed by the caller)."""
         gone = {id(n) for n in nodes}
+        self._removed |= gone
         for node in nodes:
             self._replaced.update(n for n in node.inputs if n in self.graph.initializers)
         self.graph.nodes = [n for n in self.graph.nodes if id(n) not in gone]
@@ -142,6 +156,7 @@ class Rewriter:
         if not bypass(self.graph, node, node.inputs[0], node.outputs[0]):
             return False
         self._replaced.update(inputs)
+        self._removed.add(id(node))
         self.touched()
         return True
 

@@ -23,6 +23,7 @@ import numpy as np
 from .. import ops
 from ..errors import ExecutionError, ShapeInferenceError, TinyInferError, node_label
 from ..ir import Graph, Node, Value
+from ..ops.control_flow import describe
 from .profiler import NodeRecord
 
 
@@ -61,7 +62,7 @@ class Plan:
                 raise
             except Exception as exc:
                 raise ExecutionError(
-                    f"{node_label(step.node)} failed on inputs {[_describe(a) for a in args]}: "
+                    f"{node_label(step.node)} failed on inputs {[describe(a) for a in args]}: "
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
             step.record.total_ns += clock() - start
@@ -180,7 +181,7 @@ def _check_value(step: Step, value: Value, result) -> None:
             _check_value(step, Value(value.name, value.dtype, value.shape), item)
         return
     if result is None or isinstance(result, list):
-        raise ExecutionError(f"{where} is {_describe(result)}, inference said a tensor")
+        raise ExecutionError(f"{where} is {describe(result)}, inference said a tensor")
     array = np.asarray(result)
     if value.dtype is not None and array.dtype != value.dtype:
         raise ExecutionError(f"{where} has dtype {array.dtype}, inference said {value.dtype}")
@@ -190,13 +191,3 @@ def _check_value(step: Step, value: Value, result) -> None:
         )
         if not ok:
             raise ExecutionError(f"{where} has shape {list(array.shape)}, inference said {list(value.shape)}")
-
-
-def _describe(value):
-    """A runtime value in an error message: (dtype, shape), a list of those for a sequence, or None."""
-    if value is None:
-        return None
-    if isinstance(value, list):
-        return [_describe(v) for v in value]
-    array = np.asarray(value)
-    return (array.dtype.name, array.shape)
