@@ -12,11 +12,12 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
-from onnx import TensorProto, helper
+from onnx import helper
 
 import tinyinfer
 from tinyinfer.models import zoo
 from tinyinfer.models.ghostnet import GHOSTNET_BOTTLENECKS, GHOSTNET_PUBLISHED, ghostnet
+from zoo_check import with_logits
 
 SMALL = 96  # resolution of the tests that run the model
 COST_TOLERANCE = 0.03  # the zoo's rule: within 3% of the published figure
@@ -34,16 +35,6 @@ def cost(**config) -> tuple[int, int]:
 @functools.lru_cache(maxsize=None)
 def small_model() -> onnx.ModelProto:
     return ghostnet(resolution=SMALL, num_classes=100)
-
-
-def with_logits(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs the Gemm result feeding the final Softmax."""
-    softmax = next(node for node in model.graph.node if node.op_type == "Softmax")
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
-    shape = [d.dim_param or d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
-    result.graph.output.append(helper.make_tensor_value_info(softmax.input[0], TensorProto.FLOAT, shape))
-    return result
 
 
 @functools.lru_cache(maxsize=None)

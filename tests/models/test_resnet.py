@@ -17,29 +17,12 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
-from onnx import TensorProto, helper
 
 import tinyinfer
 from tinyinfer.models import zoo
+from zoo_check import uncalibrated, with_logits
 
 RESOLUTION = 64  # correctness runs; the published cost is checked at the paper's 224
-
-
-def uncalibrated(name: str, **config) -> onnx.ModelProto:
-    """Build without measuring BatchNorm statistics (a full run): counting needs shapes only."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("tinyinfer.models.light.calibrate_batchnorm", lambda model, **options: model)
-        return zoo.build(name, **config)
-
-
-def with_logits(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs the logits feeding the final Softmax."""
-    softmax = next(node for node in model.graph.node if node.op_type == "Softmax")
-    classes = model.graph.output[0].type.tensor_type.shape.dim[1].dim_value
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
-    result.graph.output.append(helper.make_tensor_value_info(softmax.input[0], TensorProto.FLOAT, ["N", classes]))
-    return result
 
 
 @pytest.fixture(scope="module")

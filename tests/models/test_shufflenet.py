@@ -12,7 +12,6 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
-from onnx import TensorProto, helper
 
 import tinyinfer
 from tinyinfer.models import zoo
@@ -22,18 +21,11 @@ from tinyinfer.models.shufflenet import (
     shufflenet_v1,
     shufflenet_v2,
 )
+from zoo_check import uncalibrated, with_logits
 
 MODELS = ["shufflenet_v1", "shufflenet_v2"]
 SMALL = 96  # resolution of the tests that run a model
 COST_TOLERANCE = 0.03  # the zoo's rule: within 3% of the published figure
-
-
-def uncalibrated(name: str, **config) -> onnx.ModelProto:
-    """A zoo model built without measuring BatchNorm statistics (a full run of the network):
-    counting and structure need the shapes only."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("tinyinfer.models.light.calibrate_batchnorm", lambda model, **options: model)
-        return zoo.build(name, **config)
 
 
 @functools.lru_cache(maxsize=None)
@@ -44,16 +36,6 @@ def cost(name: str, **config) -> tuple[int, int]:
 @functools.lru_cache(maxsize=None)
 def small_model(name: str) -> onnx.ModelProto:
     return zoo.build(name, resolution=SMALL, num_classes=100)
-
-
-def with_logits(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs the Gemm result feeding the final Softmax."""
-    softmax = next(node for node in model.graph.node if node.op_type == "Softmax")
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
-    shape = [d.dim_param or d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
-    result.graph.output.append(helper.make_tensor_value_info(softmax.input[0], TensorProto.FLOAT, shape))
-    return result
 
 
 @functools.lru_cache(maxsize=None)

@@ -16,25 +16,15 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
-from onnx import TensorProto, helper
 
 import tinyinfer
 from tinyinfer.runtime import load
 from tinyinfer.models import count_flops, zoo
 from tinyinfer.models.builder import NetworkBuilder
 from tinyinfer.models.squeezenet import fire
+from zoo_check import with_logits
 
 RESOLUTION = 96  # correctness runs; the published cost is checked at 224
-
-
-def with_logits(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs the logits feeding the final Softmax."""
-    softmax = next(node for node in model.graph.node if node.op_type == "Softmax")
-    classes = model.graph.output[0].type.tensor_type.shape.dim[1].dim_value
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
-    result.graph.output.append(helper.make_tensor_value_info(softmax.input[0], TensorProto.FLOAT, ["N", classes]))
-    return result
 
 
 @pytest.fixture(scope="module")
