@@ -23,6 +23,7 @@ from . import (  # noqa: F401  (imported for their registrations)
     fused,
     generator,
     indexing,
+    layout,
     linalg,
     loss,
     math,
