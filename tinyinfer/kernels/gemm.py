@@ -612,7 +612,7 @@ def _gemm_task(task, a, a_rows, a_cols, a_packed, b, b_rows, b_cols, b_packed, y
 
 @numba.njit(cache=True, inline="always")
 def _finish_row(y, at, count, c, c_at, c_cols, alpha, beta, code, p0, p1):
-    """``y[at:at+count] = act(alpha * y + beta * c)``; one simple loop per case, so each vectorises."""
+    """``y[at:at+count] = act(alpha * y + beta * c)`` lane by lane: only for an empty sum (K = 0)."""
     if alpha != 1.0:
         for s in range(count):
             y[at + s] *= alpha
