@@ -131,8 +131,6 @@ def test_fused_epilogues_match_fused_conv(build, w_shape, activation, params):
 @pytest.mark.parametrize("bias, residual", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("backend", conv.GEMM_BACKENDS)
 def test_gemm_backends_with_and_without_bias_and_residual(backend, bias, residual):
-    if backend == "packed" and conv.PACKED_GEMM is None:
-        pytest.skip("tinyinfer.kernels.gemm is not there")
     node, values, arrays = make_conv((2, 6, 5, 7), (8, 3, 3, 3), bias=bias, residual=residual, activation="Relu",
                                      group=2, pads=[1, 1, 1, 1], seed=2)
     fn = conv.build_im2col(node, values, [], backend=backend)

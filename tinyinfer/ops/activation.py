@@ -16,6 +16,8 @@ precision and vectorised, so Erf and Gelu need no SciPy and no per-element Pytho
 
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 
 from .base import (
@@ -351,8 +353,9 @@ class _AxisNormalizer(Op):
         matrix = x.reshape(int(np.prod(x.shape[:axis])), -1)
         return self.normalize(matrix, 1).reshape(x.shape).astype(x.dtype, copy=False)
 
+    @abc.abstractmethod
     def normalize(self, x: np.ndarray, axis: int) -> np.ndarray:
-        raise NotImplementedError
+        """The normalisation along one axis (softmax, log-softmax, hardmax)."""
 
 
 @register

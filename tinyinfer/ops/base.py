@@ -14,6 +14,8 @@ their spec defaults, then provides two methods:
 
 from __future__ import annotations
 
+import abc
+
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -34,7 +36,7 @@ OPS: dict[tuple[str, str], "Op"] = {}
 LATEST_OPSET = 28
 
 
-class Op:
+class Op(abc.ABC):
     """Base class of every operator. Subclasses set the class attributes and two methods."""
 
     op_type: str = ""
@@ -53,11 +55,13 @@ class Op:
     def check(self, node: Node) -> None:
         """Reject attribute values the spec forbids (called once, at import)."""
 
+    @abc.abstractmethod
     def infer(self, node: Node, inputs: list[Value | None]) -> list[Value]:
-        raise NotImplementedError(f"{type(self).__name__}.infer")
+        """The outputs' dtype and shape (and value, where known) from the inputs'."""
 
+    @abc.abstractmethod
     def reference(self, node: Node, *arrays: np.ndarray | None):
-        raise NotImplementedError(f"{type(self).__name__}.reference")
+        """The outputs, computed with plain NumPy."""
 
 
 def register(cls: type[Op]) -> type[Op]:

@@ -32,6 +32,8 @@ every gate's input to ``[-clip, clip]`` before its activation.
 
 from __future__ import annotations
 
+import abc
+
 from typing import Callable
 
 import numpy as np
@@ -254,9 +256,9 @@ class _RecurrentLayer(Op):
         squash = (lambda v: v) if clip is None else (lambda v: np.clip(v, -clip, clip))
         return lambda projected, states: self.cell(node, projected, states, weights, activations, squash)
 
+    @abc.abstractmethod
     def cell(self, node, projected, states, weights, activations, squash):
         """One time step: the new states from ``projected = X[t] W^T + Wb`` and the old states."""
-        raise NotImplementedError
 
 
 def run_direction(step, projected, states, lengths, reverse):

@@ -20,6 +20,8 @@ True for bool). The output dtype is always the input dtype, except ArgMax/ArgMin
 
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 
 from ..ir.graph import Shape
@@ -86,9 +88,9 @@ class _Reduce(Op):
             result = result.reshape([d for i, d in enumerate(data.shape) if i not in reduced])
         return result.astype(data.dtype, copy=False)
 
+    @abc.abstractmethod
     def fold(self, x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
         """The reduction over ``axes``, keeping them as size-1 dimensions."""
-        raise NotImplementedError
 
 
 def _lowest(dtype: np.dtype):
