@@ -10,6 +10,7 @@ from onnx import TensorProto, helper
 
 import tinyinfer as ti
 from tinyinfer.ir import Value
+from tinyinfer.models.light import LIGHT_MODELS
 from tinyinfer.passes.memory import ALIGNMENT, plan_memory
 
 
@@ -38,7 +39,8 @@ def _chain(ops, shape=(1, 1024)):
 def test_chain_of_in_place_ops_needs_one_buffer():
     plan = plan_memory(_chain(["Exp", "Relu", "Sigmoid", "Tanh"]))
     _assert_valid(plan)
-    assert plan.naive_bytes == 4 * 4096
+    assert plan.naive_bytes == 3 * 4096  # the last result is the graph's output: the caller's, not the arena's
+    assert "t3" not in plan.buffers
     assert plan.arena_bytes == 4096  # every op writes over its input
 
 
@@ -46,6 +48,52 @@ def test_chain_without_in_place_alternates_two_buffers():
     plan = plan_memory(_chain(["Exp", "Relu", "Sigmoid", "Tanh"]), in_place=False)
     _assert_valid(plan)
     assert plan.arena_bytes == plan.lower_bound_bytes == 2 * 4096
+
+
+def test_view_shares_its_source_and_keeps_it_alive():
+    nodes = [
+        helper.make_node("Exp", ["x"], ["a"], name="exp"),
+        helper.make_node("Flatten", ["a"], ["v"], name="view", axis=0),
+        helper.make_node("Sigmoid", ["x"], ["b"], name="sig"),
+        helper.make_node("Tanh", ["b"], ["c"], name="tanh"),
+        helper.make_node("Reshape", ["c"], ["d"], name="reshape", allowzero=0),
+        helper.make_node("Add", ["v", "d"], ["y"], name="add"),
+    ]
+    nodes[4].input.append("shape")
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256])],
+        [helper.make_tensor("shape", TensorProto.INT64, [2], [1, 256])],
+    )
+    plan = plan_memory(ti.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])), in_place=False)
+    _assert_valid(plan)
+    assert plan.buffers["v"].alias_of == "a" and plan.offset_of("v") == plan.offset_of("a")
+    # a is read (through its view v) by the last node, so it lives to the end
+    assert plan.buffers["a"].last == 5
+    assert plan.offset_of("a") not in (plan.offset_of("b"), plan.offset_of("c"))
+    assert plan.naive_bytes == 3 * 1024  # a, b, c; the views own no bytes
+
+
+def test_subgraph_reads_keep_outer_tensors_alive():
+    then_out = helper.make_tensor_value_info("t", TensorProto.FLOAT, [64])
+    then_graph = helper.make_graph([helper.make_node("Neg", ["a"], ["t"])], "then", [], [then_out])
+    else_graph = helper.make_graph([helper.make_node("Abs", ["a"], ["t"])], "else", [], [then_out])
+    nodes = [
+        helper.make_node("Exp", ["x"], ["a"], name="exp"),
+        helper.make_node("Sigmoid", ["x"], ["b"], name="sig"),
+        helper.make_node("Tanh", ["b"], ["c"], name="tanh"),
+        helper.make_node("If", ["cond"], ["r"], name="if", then_branch=then_graph, else_branch=else_graph),
+        helper.make_node("Add", ["r", "c"], ["y"], name="add"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64]), helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64])],
+    )
+    plan = plan_memory(ti.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])))
+    _assert_valid(plan)
+    order = [n.name for n in ti.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])).topological_order()]
+    assert plan.buffers["a"].last == order.index("if")  # read only inside the If's branches
 
 
 def test_input_read_later_is_not_overwritten_in_place():
@@ -69,7 +117,7 @@ def test_symbolic_batch_planned_for_given_shapes():
     assert big.arena_bytes == 8 * small.arena_bytes
 
 
-@pytest.mark.parametrize("name", ["squeezenet", "resnet50", "densenet121", "inception_v1"])
+@pytest.mark.parametrize("name", LIGHT_MODELS)
 def test_light_models_plans_are_valid_and_near_the_bound(name):
     from tinyinfer.models import load_light_model
     from tinyinfer.passes import optimize
@@ -77,6 +125,7 @@ def test_light_models_plans_are_valid_and_near_the_bound(name):
     graph, _ = optimize(ti.load(load_light_model(name)), "O2")
     plan = plan_memory(graph)
     _assert_valid(plan)
-    # The target is 1.05; 1.10 is the line below which a change is a regression, not noise.
-    assert plan.ratio_to_bound <= 1.10, plan.summary()
-    assert plan.arena_bytes < plan.naive_bytes / 3
+    assert plan.ratio_to_bound <= 1.05, plan.summary()
+    # Chains such as VGG can only alternate two buffers; the branchy networks share far more.
+    branchy = name in ("squeezenet", "resnet50", "densenet121", "inception_v1", "inception_v2", "shufflenet")
+    assert plan.arena_bytes < plan.naive_bytes / (3 if branchy else 1.3)

@@ -79,6 +79,20 @@ def kernel_names() -> dict[str, list[str]]:
     }
 
 
+def writes_into(fn: Callable) -> Callable:
+    """Mark a bound kernel function as able to write its results into memory it is given.
+
+    The runtime then calls ``fn(node, *arrays, out=outs)``: ``outs`` has one entry per node
+    output, either a C-contiguous array of the planned dtype and shape (a view of the
+    session's arena) or None (allocate as usual). For ops the planner runs in place
+    (elementwise ones, see :data:`tinyinfer.passes.memory.IN_PLACE_OPS`) an ``out`` array may
+    be the very memory of the first input. The function returns its results as always; a
+    result that is not its ``out`` array is copied there.
+    """
+    fn.writes_out = True
+    return fn
+
+
 def named(fn: Callable, name: str) -> Callable:
     """Tag a bound kernel function with its name (the profiler shows it)."""
     fn.kernel_name = name

@@ -10,6 +10,16 @@ A node with subgraphs (If, Loop, Scan) also reads its *implicit inputs*, the out
 its subgraphs use by name: they become extra step inputs after the explicit ones (the op
 pairs them with ``node.implicit_inputs``), so their slots stay alive until the node ran.
 Slots hold arrays, and for sequence and optional values a list of arrays or None.
+
+**Memory.** The plan also lays out every intermediate tensor whose size is known in one
+*arena* (:func:`tinyinfer.passes.memory.plan_steps`): tensors that are never alive at the
+same time share bytes. Each step's outputs are views of the arena at fixed offsets, made
+once per arena. A kernel that can write into given memory (``fn.writes_out``, see
+:func:`tinyinfer.kernels.registry.writes_into`) gets them as ``out=``; any other function's
+result is copied in, so whatever ran, the tensor sits where the plan put it and the run
+allocates nothing but its outputs. Views (Reshape, Flatten, ...) share their input's bytes.
+Graph outputs never live in the arena: they belong to the caller after the run. Arenas are
+kept in a small pool, so two threads running the same plan at once each get their own.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from .. import ops
 from ..errors import ExecutionError, ShapeInferenceError, TinyInferError, node_label
 from ..ir import Graph, Node, Value
 from ..ops.control_flow import describe
+from ..passes.memory import ALIGNMENT, VIEW_OPS, MemoryPlan, plan_steps
 from .profiler import NodeRecord
 
 
@@ -38,6 +49,28 @@ class Step:
     release: tuple[int, ...]  # slots no later step (or output) reads
     record: NodeRecord
     expected: tuple[Value | None, ...]  # inferred output types, for check_shapes (None: omitted)
+    # Where each output lives: (byte offset, dtype, shape) in the arena, "view" for a view of
+    # an input's arena bytes, or None for memory of its own (unknown size, graph output).
+    places: tuple = ()
+    writes_out: bool = False  # fn accepts out= (arrays to write its results into)
+
+
+class Arena:
+    """One block of memory for a plan's intermediate tensors, with every step's views of it."""
+
+    def __init__(self, plan: "Plan"):
+        nbytes = plan.arena_bytes
+        raw = np.empty(nbytes + ALIGNMENT, np.uint8)
+        start = -raw.ctypes.data % ALIGNMENT  # the arena starts on a 64-byte boundary
+        self.buffer = raw[start:start + nbytes]
+        self.outs = [tuple(self._view(p) for p in step.places) for step in plan.steps]
+
+    def _view(self, place):
+        if not isinstance(place, tuple):
+            return None
+        offset, dtype, shape = place
+        count = int(np.prod(shape, dtype=np.int64))
+        return self.buffer[offset:offset + count * dtype.itemsize].view(dtype).reshape(shape)
 
 
 @dataclasses.dataclass
@@ -47,17 +80,39 @@ class Plan:
     input_slots: list[int]
     output_slots: dict[str, int]
     values: dict[str, Value]
+    memory: MemoryPlan | None = None
+    arenas: list = dataclasses.field(default_factory=list)  # free arenas, reused run after run
+
+    @property
+    def arena_bytes(self) -> int:
+        """Bytes of one arena (0 when the plan runs without one)."""
+        if self.memory is None or not any(isinstance(p, tuple) for step in self.steps for p in step.places):
+            return 0
+        return self.memory.arena_bytes
 
     def execute(self, feeds: list[np.ndarray], wanted: list[str], *, check_shapes: bool = False) -> list[np.ndarray]:
+        try:
+            arena = self.arenas.pop()  # list.pop is atomic: concurrent runs never share an arena
+        except IndexError:
+            arena = Arena(self)  # the first run, or another thread is running this plan now
+        try:
+            return self._execute(arena, feeds, wanted, check_shapes)
+        finally:
+            self.arenas.append(arena)
+
+    def _execute(self, arena: Arena, feeds, wanted, check_shapes):
         slots = list(self.slots)
         for index, array in zip(self.input_slots, feeds):
             slots[index] = array
         clock = time.perf_counter_ns
-        for step in self.steps:
+        for step, outs in zip(self.steps, arena.outs):
             args = [slots[i] if i >= 0 else None for i in step.inputs]
             start = clock()
             try:
-                results = step.fn(step.node, *args)
+                if step.writes_out:
+                    results = step.fn(step.node, *args, out=outs)
+                else:
+                    results = step.fn(step.node, *args)
             except TinyInferError:
                 raise
             except Exception as exc:
@@ -65,8 +120,6 @@ class Plan:
                     f"{node_label(step.node)} failed on inputs {[describe(a) for a in args]}: "
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
-            step.record.total_ns += clock() - start
-            step.record.calls += 1
             if isinstance(results, np.ndarray) or not isinstance(results, (list, tuple)):
                 results = (results,)
             if len(results) < len(step.outputs):
@@ -74,18 +127,56 @@ class Plan:
                 needed = max((i + 1 for i, index in enumerate(step.outputs) if index >= 0), default=0)
                 if len(results) < needed:
                     raise ExecutionError(f"{node_label(step.node)} returned {len(results)} outputs, expected {needed}")
-            for index, result, value in zip(step.outputs, results, step.expected):
-                if index >= 0:
-                    slots[index] = np.asarray(result) if value.kind == "tensor" else result
             if check_shapes:
                 _check(step, results)
+            for index, result, value, place, out in zip(step.outputs, results, step.expected, step.places, outs):
+                if index < 0:
+                    continue
+                if out is not None:
+                    if result is not out:
+                        _copy_into(step, out, result)
+                    result = out
+                elif place is None:
+                    result = _own(result, arena.buffer)
+                elif value.kind == "tensor":  # a view of its input, which the plan keeps alive
+                    result = np.asarray(result)
+                slots[index] = result
+            step.record.total_ns += clock() - start
+            step.record.calls += 1
             for index in step.release:
                 slots[index] = None
         return [slots[self.output_slots[name]] for name in wanted]
 
 
-def compile_plan(graph: Graph, input_values: dict[str, Value], kernel_for: Callable | None = None) -> Plan:
-    """Build the plan for concrete input types ``input_values`` (name -> Value)."""
+def _copy_into(step: Step, out: np.ndarray, result) -> None:
+    """Put a result in its arena place; its type must be the one the plan was made for."""
+    result = np.asarray(result)
+    if result.shape != out.shape or result.dtype != out.dtype:
+        raise ExecutionError(
+            f"{node_label(step.node)} returned {result.dtype}{list(result.shape)}, but shape inference "
+            f"planned {out.dtype}{list(out.shape)} for it"
+        )
+    np.copyto(out, result)
+
+
+def _own(result, arena: np.ndarray):
+    """A result kept as it is must not be a view of arena bytes that a later step reuses."""
+    if isinstance(result, np.ndarray):
+        return result.copy() if result.size and np.may_share_memory(result, arena) else result
+    if isinstance(result, list):
+        return [_own(item, arena) for item in result]
+    if result is None:
+        return None
+    return np.asarray(result)
+
+
+def compile_plan(graph: Graph, input_values: dict[str, Value], kernel_for: Callable | None = None,
+                 *, arena: bool = True) -> Plan:
+    """Build the plan for concrete input types ``input_values`` (name -> Value).
+
+    ``arena=False`` leaves every result in the memory its function allocated (NumPy's heap),
+    the way a simple interpreter runs; the memory plan is still made, for reports.
+    """
     values = ops.infer_shapes(graph, input_values)
     slot_of: dict[str, int] = {}
     template: list = []
@@ -142,7 +233,28 @@ def compile_plan(graph: Graph, input_values: dict[str, Value], kernel_for: Calla
         if template[index] is None and value.name in values and values[value.name].const is not None and value.name not in fed:
             template[index] = values[value.name].const
     _plan_releases(steps, set(output_slots.values()) | set(input_slots), template)
-    return Plan(steps, template, input_slots, output_slots, values)
+    memory = _place_tensors(graph, steps, values, arena)
+    return Plan(steps, template, input_slots, output_slots, values, memory)
+
+
+def _place_tensors(graph: Graph, steps: list[Step], values: dict[str, Value], arena: bool) -> MemoryPlan:
+    """Plan the arena over the steps and tell each step where its outputs go."""
+    reads = [(step.node, (*step.node.present_inputs, *step.node.implicit_inputs)) for step in steps]
+    memory = plan_steps(reads, values, exclude=set(graph.output_names) | set(graph.input_names))
+    for step in steps:
+        places = []
+        for name in step.node.outputs:
+            buffer = memory.buffers.get(name) if name else None
+            if buffer is None or not arena:
+                places.append(None)
+            elif buffer.alias_of is not None and step.node.op_type in VIEW_OPS and not step.node.domain:
+                places.append("view")
+            else:
+                value = values[name]
+                places.append((memory.offset_of(name), value.dtype, tuple(value.shape)))
+        step.places = tuple(places)
+        step.writes_out = bool(getattr(step.fn, "writes_out", False))
+    return memory
 
 
 def _plan_releases(steps: list[Step], keep: set[int], template: list) -> None:

@@ -64,12 +64,19 @@ class InferenceSession:
     ``sess.optimization`` is their report and ``sess.source_graph`` the graph as imported.
     ``check_shapes=True`` checks every node's result against the inferred dtype and shape
     (slower; the conformance tests use it to test shape inference).
+    ``memory="arena"`` (default) runs every intermediate tensor from one planned block of
+    memory per input shape (see :mod:`tinyinfer.passes.memory`); ``memory="heap"`` lets each
+    node allocate its results, as a simple interpreter does. ``sess.memory_plan(feeds)``
+    reports the plan.
     """
 
     def __init__(self, model: Any, *, backend: str = "reference", opt_level: str = "O2", threads: int = 0,
-                 select: str = "time", check_shapes: bool = False, **options: Any):
+                 select: str = "time", check_shapes: bool = False, memory: str = "arena", **options: Any):
         if backend not in BACKENDS:
             raise TinyInferError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+        if memory not in ("arena", "heap"):
+            raise TinyInferError(f"memory must be 'arena' or 'heap', got {memory!r}")
+        self.memory = memory
         if options.get("providers") is not None or options.get("sess_options") is not None:
             options.pop("providers", None)
             options.pop("sess_options", None)
@@ -145,6 +152,10 @@ class InferenceSession:
             self._plans[key] = self._plan(arrays)
         return self._plans[key]
 
+    def memory_plan(self, feeds: Mapping[str, Any]):
+        """The :class:`~tinyinfer.passes.memory.MemoryPlan` the given feeds' shapes run with."""
+        return self.plan_for(feeds).memory
+
     def profile(self) -> Profile:
         """Per-node time, op and shapes, summed over every run so far (all plans)."""
         merged: dict[int, NodeRecord] = {}
@@ -163,7 +174,7 @@ class InferenceSession:
 
     def _plan(self, arrays: list[np.ndarray]) -> Plan:
         given = {v.name: _feed_type(v, a) for v, a in zip(self.graph.inputs, arrays)}
-        return compile_plan(self.graph, given, kernel_for=self.selector)
+        return compile_plan(self.graph, given, kernel_for=self.selector, arena=self.memory == "arena")
 
     def _check_feeds(self, feeds: Mapping[str, Any]) -> list[np.ndarray]:
         if not isinstance(feeds, Mapping):
