@@ -173,3 +173,14 @@ def test_a_result_of_the_wrong_shape_is_an_execution_error():
 def test_unknown_memory_mode_is_refused():
     with pytest.raises(ti.TinyInferError, match="memory must be"):
         ti.InferenceSession(_branchy(), memory="stack")
+
+
+def test_observe_sees_every_intermediate_once_per_run_as_computed():
+    model = _branchy()
+    sess = ti.InferenceSession(model, opt_level="O0")
+    x = np.random.default_rng(5).standard_normal((2, 3, 4)).astype(np.float32)
+    seen = {}
+    sess.run(None, {"x": x}, observe=lambda name, value: seen.setdefault(name, np.array(value, copy=True)))
+    assert sorted(seen) == ["a", "b", "c", "d", "e", "f", "y"]
+    np.testing.assert_allclose(seen["c"], np.exp(x) / (1 + np.exp(-x)), rtol=1e-6)
+    np.testing.assert_allclose(seen["d"], np.maximum(seen["c"], 0), rtol=0)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -90,17 +90,25 @@ class Plan:
             return 0
         return self.memory.arena_bytes
 
-    def execute(self, feeds: list[np.ndarray], wanted: list[str], *, check_shapes: bool = False) -> list[np.ndarray]:
+    def execute(self, feeds: list[np.ndarray], wanted: list[str], *, check_shapes: bool = False,
+                observe: Callable[[str, Any], None] | None = None) -> list[np.ndarray]:
+        """Run the steps on ``feeds`` and return the ``wanted`` outputs.
+
+        ``observe(name, value)``, if given, is called with every value a step computes, right
+        after the step (calibration collects activation statistics this way, in one pass).
+        The value may be a view of the arena that the next steps overwrite: an observer that
+        keeps it must copy it.
+        """
         try:
             arena = self.arenas.pop()  # list.pop is atomic: concurrent runs never share an arena
         except IndexError:
             arena = Arena(self)  # the first run, or another thread is running this plan now
         try:
-            return self._execute(arena, feeds, wanted, check_shapes)
+            return self._execute(arena, feeds, wanted, check_shapes, observe)
         finally:
             self.arenas.append(arena)
 
-    def _execute(self, arena: Arena, feeds, wanted, check_shapes):
+    def _execute(self, arena: Arena, feeds, wanted, check_shapes, observe):
         slots = list(self.slots)
         for index, array in zip(self.input_slots, feeds):
             slots[index] = array
@@ -143,6 +151,10 @@ class Plan:
                 slots[index] = result
             step.record.total_ns += clock() - start
             step.record.calls += 1
+            if observe is not None:
+                for name, index in zip(step.node.outputs, step.outputs):
+                    if index >= 0:
+                        observe(name, slots[index])
             for index in step.release:
                 slots[index] = None
         return [slots[self.output_slots[name]] for name in wanted]

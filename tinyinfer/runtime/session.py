@@ -121,8 +121,14 @@ class InferenceSession:
         return [self.backend]
 
     # ------------------------------------------------------------------ running
-    def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any], run_options: Any = None) -> list[np.ndarray]:
-        """Compute the named outputs (all of them for ``None``) from the feeds."""
+    def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any], run_options: Any = None,
+            *, observe=None) -> list[np.ndarray]:
+        """Compute the named outputs (all of them for ``None``) from the feeds.
+
+        ``observe(name, value)`` is called with every intermediate value as it is computed
+        (names are those of ``sess.graph``, the optimized graph; use ``opt_level="O0"`` to see
+        the tensors of the model as imported). Values live in reused memory: copy to keep.
+        """
         arrays = self._check_feeds(input_feed)
         if isinstance(output_names, str):
             raise FeedNameError(f"output_names must be a list of names or None, got the string {output_names!r}")
@@ -137,7 +143,7 @@ class InferenceSession:
             plan = self._plan(arrays)
             self._plans[key] = plan
         start = time.perf_counter_ns()
-        results = plan.execute(arrays, wanted, check_shapes=self.check_shapes)
+        results = plan.execute(arrays, wanted, check_shapes=self.check_shapes, observe=observe)
         self._run_ns += time.perf_counter_ns() - start
         self._runs += 1
         # Outputs that are weights or feeds are copied: a caller writing to a result must not
