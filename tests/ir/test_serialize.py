@@ -391,6 +391,50 @@ def test_unstorable_graphs_are_refused_clearly():
         to_tinf_bytes(Graph(initializers={"s": np.array([b"\xff"], dtype=object)}))
 
 
+def test_subgraphs_and_sequence_values_round_trip():
+    """If/Loop bodies are stored as graph attributes (their weights in the one data area);
+    sequence and optional values keep their kind. Oracle: onnx.reference on the ONNX model."""
+    from onnx.reference import ReferenceEvaluator
+
+    scalar = helper.make_tensor_value_info
+    bias = numpy_helper.from_array(np.arange(4, dtype=np.float32), "bias")
+    body = helper.make_graph(
+        [helper.make_node("Add", ["acc_in", "bias"], ["acc_out"]), helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Mul", ["acc_out", "two"], ["scan_out"])],
+        "body",
+        [scalar("i", TensorProto.INT64, []), scalar("cond_in", TensorProto.BOOL, []), scalar("acc_in", TensorProto.FLOAT, [4])],
+        [scalar("cond_out", TensorProto.BOOL, []), scalar("acc_out", TensorProto.FLOAT, [4]), scalar("scan_out", TensorProto.FLOAT, [4])],
+        [bias],
+    )
+    then_graph = helper.make_graph([helper.make_node("Neg", ["final"], ["r"])], "then", [], [scalar("r", TensorProto.FLOAT, [4])])
+    else_graph = helper.make_graph([helper.make_node("Abs", ["final"], ["r"])], "else", [], [scalar("r", TensorProto.FLOAT, [4])])
+    nodes = [
+        helper.make_node("Loop", ["trips", "flag", "x"], ["final", "scans"], body=body),
+        helper.make_node("If", ["flag"], ["y"], then_branch=then_graph, else_branch=else_graph),
+        helper.make_node("SequenceConstruct", ["y", "x"], ["seq"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "control",
+        [scalar("trips", TensorProto.INT64, []), scalar("flag", TensorProto.BOOL, []), scalar("x", TensorProto.FLOAT, [4])],
+        [scalar("y", TensorProto.FLOAT, [4]), scalar("scans", TensorProto.FLOAT, [None, 4]),
+         helper.make_tensor_sequence_value_info("seq", TensorProto.FLOAT, [4])],
+        [numpy_helper.from_array(np.array(2.0, np.float32), "two")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    loaded = load_tinf_bytes(to_tinf_bytes(load_onnx(model)))
+    loop = next(n for n in loaded.nodes if n.op_type == "Loop")
+    assert isinstance(loop.attrs["body"], Graph) and loop.attrs["body"].initializers["bias"].tolist() == [0, 1, 2, 3]
+    assert [v.kind for v in loaded.outputs] == ["tensor", "tensor", "sequence"]
+    feeds = {"trips": np.array(3), "flag": np.array(True), "x": np.linspace(-1, 1, 4).astype(np.float32)}
+    expected = ReferenceEvaluator(model).run(None, feeds)
+    got = ti.InferenceSession(loaded).run(None, feeds)
+    for g, e in zip(got, expected):
+        if isinstance(e, list):
+            assert len(g) == len(e) and all(np.array_equal(a, b) for a, b in zip(g, e))
+        else:
+            np.testing.assert_array_equal(g, e)
+
+
 # ---------------------------------------------------------------------------- robustness
 @pytest.fixture(scope="module")
 def good() -> bytes:

@@ -89,7 +89,7 @@ import numpy as np
 
 from ..errors import InvalidAttributeError, ModelLoadError, TinyInferError, node_label
 from . import dtypes
-from .graph import Graph, Node, Value
+from .graph import KINDS, Graph, Node, Value
 
 MAGIC = b"TINF\x00\r\n\x1a"
 FORMAT_VERSION = 1
@@ -260,20 +260,9 @@ class _TensorTable:
 
 def _encode(graph: Graph) -> tuple[bytes, list[tuple[int, np.ndarray]]]:
     table = _TensorTable()
-    initializers = [table.add(name, array) for name, array in graph.initializers.items()]
-    nodes = [_encode_node(node, table) for node in graph.nodes]
-    header = {
-        "name": graph.name,
-        "opset": dict(graph.opset),
-        "metadata": graph.metadata,
-        "inputs": [_encode_value(v) for v in graph.inputs],
-        "outputs": [_encode_value(v) for v in graph.outputs],
-        "value_info": [_encode_value(v) for v in graph.value_info.values()],
-        "nodes": nodes,
-        "initializers": initializers,
-        "tensors": table.entries,
-        "data_nbytes": table.end,
-    }
+    header = _encode_graph(graph, table)
+    header.update({"opset": dict(graph.opset), "metadata": graph.metadata,
+                   "tensors": table.entries, "data_nbytes": table.end})
     try:
         text = json.dumps(header, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_json_scalar)
     except (TypeError, ValueError) as exc:
@@ -296,6 +285,20 @@ def _write(out: BinaryIO, header: bytes, blocks: list[tuple[int, np.ndarray]]) -
         position = offset + data.nbytes
 
 
+def _encode_graph(graph: Graph, table: "_TensorTable") -> dict[str, Any]:
+    """A graph's own part of the header: the top-level graph, or a subgraph (If, Loop, Scan
+    bodies) stored as a node attribute; every tensor of either goes to the one table."""
+    initializers = [table.add(name, array) for name, array in graph.initializers.items()]
+    return {
+        "name": graph.name,
+        "inputs": [_encode_value(v) for v in graph.inputs],
+        "outputs": [_encode_value(v) for v in graph.outputs],
+        "value_info": [_encode_value(v) for v in graph.value_info.values()],
+        "nodes": [_encode_node(node, table) for node in graph.nodes],
+        "initializers": initializers,
+    }
+
+
 def _encode_value(value: Value) -> dict[str, Any]:
     shape = None
     if value.shape is not None:
@@ -304,7 +307,10 @@ def _encode_value(value: Value) -> dict[str, Any]:
             if not (dim is None or isinstance(dim, str) or (isinstance(dim, int) and not isinstance(dim, bool))):
                 raise TinyInferError(f"value '{value.name}' has dimension {dim!r}; dims are ints, names or None")
     dtype = None if value.dtype is None else dtypes.to_onnx(value.dtype)
-    return {"name": value.name, "dtype": dtype, "shape": shape}
+    entry = {"name": value.name, "dtype": dtype, "shape": shape}
+    if value.kind != "tensor":
+        entry["kind"] = value.kind  # a sequence or an optional; absent means a tensor
+    return entry
 
 
 def _encode_node(node: Node, table: _TensorTable) -> dict[str, Any]:
@@ -335,6 +341,8 @@ def _encode_attribute(node: Node, name: str, value: Any, table: _TensorTable) ->
         return {"bytes": base64.b64encode(value).decode("ascii")}
     if isinstance(value, np.ndarray):
         return {"tensor": table.add(where, value)}
+    if isinstance(value, Graph):
+        return {"graph": _encode_graph(value, table)}
     if isinstance(value, (list, tuple)):
         items = list(value)
         if all(isinstance(v, (int, np.integer, np.bool_)) for v in items):
@@ -347,7 +355,7 @@ def _encode_attribute(node: Node, name: str, value: Any, table: _TensorTable) ->
             return {"tensors": [table.add(f"{where}.{i}", v) for i, v in enumerate(items)]}
     raise InvalidAttributeError(
         f"{node_label(node)}: attribute '{name}' holds {type(value).__name__} {_preview(value)}, which .tinf "
-        f"cannot store (int, float, str, bytes, NumPy array, or a list of one of those)"
+        f"cannot store (int, float, str, bytes, NumPy array, graph, or a list of int, float, str or arrays)"
     )
 
 
@@ -560,25 +568,30 @@ class _HeaderReader:
     def graph(self, tensor: Callable[[int], np.ndarray]) -> Graph:
         header = self.header
         self.tensor_array = tensor
-        graph = Graph(name=self.field(header, "name", _STR, "the header"))
+        graph = self.subgraph(header, "the header")
         opset = self.field(header, "opset", _DICT, "the header")
         graph.opset = {domain: self.expect(v, _COUNT, f"opset '{domain}'") for domain, v in opset.items()}
         graph.metadata = self.field(header, "metadata", _DICT, "the header")
-        graph.inputs = self.values("inputs")
-        graph.outputs = self.values("outputs")
-        graph.value_info = {value.name: value for value in self.values("value_info")}
-        for index in self.items(header, "initializers", _INT, "the header"):
-            array = self.tensor_ref(index, "initializer list")
-            name = header["tensors"][index]["name"]
-            if name in graph.initializers:
-                raise self.corrupt(f"two initializers are named '{name}'")
-            graph.initializers[name] = array
-        graph.nodes = [self.node(n, i) for i, n in enumerate(self.items(header, "nodes", _DICT, "the header"))]
         return graph
 
-    def values(self, key: str) -> list[Value]:
-        entries = self.items(self.header, key, _DICT, "the header")
-        return [self.value(entry, f"{key} #{i}") for i, entry in enumerate(entries)]
+    def subgraph(self, entry: dict[str, Any], where: str) -> Graph:
+        """The graph described by ``entry`` (the header itself, or a subgraph attribute)."""
+        graph = Graph(name=self.field(entry, "name", _STR, where))
+        graph.inputs = self.values(entry, "inputs", where)
+        graph.outputs = self.values(entry, "outputs", where)
+        graph.value_info = {value.name: value for value in self.values(entry, "value_info", where)}
+        for index in self.items(entry, "initializers", _INT, where):
+            array = self.tensor_ref(index, f"{where}: initializer list")
+            name = self.header["tensors"][index]["name"]
+            if name in graph.initializers:
+                raise self.corrupt(f"{where}: two initializers are named '{name}'")
+            graph.initializers[name] = array
+        graph.nodes = [self.node(n, i) for i, n in enumerate(self.items(entry, "nodes", _DICT, where))]
+        return graph
+
+    def values(self, entry: dict[str, Any], key: str, where: str) -> list[Value]:
+        entries = self.items(entry, key, _DICT, where)
+        return [self.value(item, f"{key} #{i}") for i, item in enumerate(entries)]
 
     def value(self, entry: dict[str, Any], where: str) -> Value:
         name = self.field(entry, "name", _STR, where)
@@ -590,7 +603,10 @@ class _HeaderReader:
         if shape is not None:
             dim: _Check = (lambda d: d is None or _STR[0](d) or _INT[0](d), "an integer, a name or null")
             shape = tuple(self.items(entry, "shape", dim, where))
-        return Value(name, dtype, shape)
+        kind = entry.get("kind", "tensor")
+        if kind not in KINDS:
+            raise self.corrupt(f"{where} has kind {_preview(kind)}; expected one of {', '.join(KINDS)}")
+        return Value(name, dtype, shape, kind=kind)
 
     def node(self, entry: dict[str, Any], index: int) -> Node:
         op_type = self.field(entry, "op_type", _STR, f"node #{index}")
@@ -635,6 +651,8 @@ class _HeaderReader:
             return items
         if kind == "tensor":
             return self.tensor_ref(self.expect(value, _INT, where), where)
+        if kind == "graph":
+            return self.subgraph(self.expect(value, _DICT, where), where)
         raise self.corrupt(f"{where} has unknown type {_preview(kind)} (or a value that does not fit it)")
 
     def tensor_ref(self, index: Any, where: str) -> np.ndarray:
