@@ -176,7 +176,7 @@ class Rewriter:
 
     def finish(self) -> list[str]:
         """Drop weights a rewrite replaced and nobody reads any more; return the notes."""
-        read = {name for node in self.graph.nodes for name in node.inputs} | self._outputs
+        read = {name for node in self.graph.nodes for name in (*node.inputs, *node.implicit_inputs)} | self._outputs
         for name in self._replaced:
             if name not in read and name in self.graph.initializers:
                 del self.graph.initializers[name]
