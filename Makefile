@@ -13,7 +13,7 @@ help:
 	@echo "make demo         install tinyinfer and run an end-to-end example"
 	@echo "make test         install tinyinfer[dev] and run every test, the conformance suite and the notebooks"
 	@echo "make conformance  count passes over ONNX's whole backend node suite"
-	@echo "make bench        time tinyinfer vs ONNX Runtime vs onnx.reference on ResNet-50"
+	@echo "make bench        time tinyinfer (reference, numba) vs ONNX Runtime on the light models and the zoo"
 	@echo "make book         re-execute the notebooks in place"
 	@echo "make figures      regenerate the figures under figures/"
 
@@ -47,9 +47,13 @@ exercises: $(VENV)/.installed-dev
 
 # Benchmarks run with OpenBLAS's own CPU detection (some machines pin OPENBLAS_CORETYPE /
 # OPENBLAS_L2_SIZE for old OpenBLAS builds, which slows a current NumPy); the report names the
-# BLAS kernel that ran.
+# BLAS kernel that ran. The suite times the light models and the zoo on tinyinfer's reference
+# and Numba paths and ONNX Runtime at 1 and 2 threads, batch 1 and 8 (BENCH_BUDGET seconds per
+# engine and row), then the GEMM table and the dispatch cost: about 15 minutes on 2 cores.
+BENCH_BUDGET ?= 1
 bench: $(VENV)/.installed-dev
-	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(VENV)/bin/tinyinfer bench light:resnet50 --onnx-reference --repeat 5 --json figures/bench_resnet50.json
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(VENV)/bin/tinyinfer bench --suite all --threads 1,2 --batch 1,8 \
+		--repeat 5 --budget $(BENCH_BUDGET) --gemm --dispatch --json figures/bench.json --figure figures/06_bench.png
 
 book: $(VENV)/.installed-dev
 	for nb in $(NOTEBOOKS); do $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace "$$nb" || exit 1; done

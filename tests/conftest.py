@@ -38,3 +38,18 @@ def pytest_configure(config):
             "markers",
             f"ch02_ex{number}: graded test of chapter 02's exercise {number} (select with -m ch02_ex{number})",
         )
+    for number in range(1, 4):  # chapter 04 (converter), likewise
+        config.addinivalue_line(
+            "markers",
+            f"ch04_ex{number}: graded test of chapter 04's exercise {number} (select with -m ch04_ex{number})",
+        )
+    for number in range(1, 5):  # chapter 05 (optimizer), likewise
+        config.addinivalue_line(
+            "markers",
+            f"ch05_ex{number}: graded test of chapter 05's exercise {number} (select with -m ch05_ex{number})",
+        )
+    for number in range(1, 5):  # chapter 06 (kernels), likewise
+        config.addinivalue_line(
+            "markers",
+            f"ch06_ex{number}: graded test of chapter 06's exercise {number} (select with -m ch06_ex{number})",
+        )

@@ -95,3 +95,54 @@ def test_optimize_prints_the_report_and_saves_a_runnable_model(model_path, tmp_p
         ti.InferenceSession(str(out)).run(None, {"x": x})[0], ti.InferenceSession(str(model_path)).run(None, {"x": x})[0],
         rtol=1e-6,
     )
+
+
+# ---------------------------------------------------------------- bench: suite, GEMM, dispatch
+def test_bench_suite_prints_the_table_and_writes_json_and_figure(model_path, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TINYINFER_CACHE_DIR", str(tmp_path / "cache"))
+    record, figure = tmp_path / "bench.json", tmp_path / "bench.png"
+    assert main(["bench", "--suite", str(model_path), "--threads", "1", "--batch", "1,2", "--repeat", "1",
+                 "--budget", "0", "--json", str(record), "--figure", str(figure)]) == 0
+    text = capsys.readouterr().out
+    assert "numba/ORT" in text and "ref/numba" in text and str(model_path) in text
+    suite = __import__("json").loads(record.read_text())["suite"]
+    assert [(r["batch"], r["status"]) for r in suite["rows"]] == [(1, "ok"), (2, "ok")]
+    assert set(suite["rows"][0]["engines"]) == {"reference", "numba", "onnxruntime"}
+    assert figure.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_suite_fails_loudly_when_numba_disagrees(model_path, tmp_path, capsys, monkeypatch):
+    from tinyinfer import InferenceSession
+    from tinyinfer.runtime import bench
+
+    class WrongNumba(InferenceSession):
+        def run(self, output_names, feeds, run_options=None):
+            results = super().run(output_names, feeds, run_options)
+            return [r * 2.0 + 1.0 for r in results] if self.backend == "numba" else results
+
+    monkeypatch.setenv("TINYINFER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(bench, "InferenceSession", WrongNumba)
+    assert main(["bench", "--suite", str(model_path), "--threads", "1", "--batch", "1", "--repeat", "1",
+                 "--budget", "0"]) == 1
+    captured = capsys.readouterr()
+    assert "MISMATCH" in captured.out and "numba disagrees with the reference" in captured.err
+
+
+def test_bench_gemm_with_tiny_sizes(capsys):
+    assert main(["bench", "--gemm", "--gemm-sizes", "16,32", "--gemm-shapes", "none", "--threads", "1",
+                 "--repeat", "1", "--naive-up-to", "16"]) == 0
+    text = capsys.readouterr().out
+    assert "GFLOP/s" in text and "naive 1t" in text and "packed 1t" in text and "BLAS 1t" in text
+
+
+def test_bench_dispatch_reports_us_per_node(capsys):
+    assert main(["bench", "--dispatch", "--nodes", "8"]) == 0
+    text = capsys.readouterr().out
+    assert "us per node" in text and "reference" in text and "numba" in text and "direct loop" in text
+
+
+def test_bench_needs_something_to_run(capsys):
+    assert main(["bench"]) == 1
+    assert "--suite" in capsys.readouterr().err
+    assert main(["bench", "--suite", "light", "--threads", "one"]) == 1
+    assert "--threads expects" in capsys.readouterr().err

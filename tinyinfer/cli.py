@@ -3,9 +3,11 @@
     tinyinfer info MODEL [--layers]      inputs, outputs, parameters, MACs, FLOPs, memory, op histogram
     tinyinfer run MODEL [--input x=a.npy] [--output out.npz]
     tinyinfer conformance [--op Conv] [-v]
-    tinyinfer bench MODEL                tinyinfer vs ONNX Runtime (and onnx.reference), one run
+    tinyinfer bench MODEL...             tinyinfer vs ONNX Runtime (and onnx.reference), one run
+    tinyinfer bench --suite light|zoo|all   reference, numba, ONNX Runtime x batch x threads; --gemm; --dispatch
     tinyinfer zoo list                   the zoo's networks, our parameters and MACs next to their papers'
     tinyinfer zoo export NAME OUT.onnx   build a zoo network (--width, --resolution, --seed) and save it
+    tinyinfer quantize MODEL OUT.onnx    int8 post-training quantization (--mode static|dynamic, --calibration calib.npz)
 
 MODEL is an .onnx path, ``light:NAME`` (a light model shipped with onnx) or ``zoo:NAME`` (a zoo
 network at its paper's configuration).
@@ -56,15 +58,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true", help="print the per-node profile")
     p.set_defaults(handler=_run)
 
-    p = sub.add_parser("bench", help="time tinyinfer against ONNX Runtime (and onnx.reference) in one run")
-    p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("--repeat", type=int, default=10, help="timed runs per engine (default 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    p = sub.add_parser(
+        "bench", help="time tinyinfer against ONNX Runtime in one run: one model, a suite, GEMM, dispatch",
+        description="MODEL...: tinyinfer's reference path vs ONNX Runtime (and --onnx-reference) per model. "
+                    "--suite: reference, numba and ONNX Runtime on many models x --batch x --threads, checked "
+                    "against the reference. --gemm: GEMM GFLOP/s. --dispatch: per-node overhead.")
+    p.add_argument("model", nargs="*", help=MODEL_HELP)
+    p.add_argument("--suite", metavar="SET", help="light, zoo, all, or comma-separated MODELs: the suite table")
+    p.add_argument("--gemm", action="store_true", help="GFLOP/s of the packed GEMM, naive and NumPy BLAS")
+    p.add_argument("--dispatch", action="store_true", help="per-node dispatch overhead on a chain of tiny nodes")
+    p.add_argument("--repeat", type=int, default=None, help="timed runs per engine (default 10; suite 5; GEMM 5)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 2; suite 1 after the first)")
     p.add_argument("--dim", action="append", default=[], metavar="SYMBOL=SIZE", help="size of a symbolic dim")
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = its default)")
-    p.add_argument("--onnx-reference", action="store_true", help="also time onnx.reference.ReferenceEvaluator")
-    p.add_argument("--budget", type=float, default=60.0, help="stop repeating an engine after this many seconds")
+    p.add_argument("--threads", default=None, metavar="N[,N...]",
+                   help="MODEL: ONNX Runtime intra-op threads (default: its own); suite and GEMM: the thread "
+                        "counts to run (default 1,2)")
+    p.add_argument("--batch", default="1,8", metavar="B[,B...]", help="suite: batch sizes (default 1,8)")
+    p.add_argument("--engines", default="reference,numba,onnxruntime", metavar="E[,E...]",
+                   help="suite: engines to time (default reference,numba,onnxruntime)")
+    p.add_argument("--select", default="time", choices=["time", "cost"], help="suite: numba kernel selection")
+    p.add_argument("--pin-blas", default="reference", metavar="E[,E...]",
+                   help="suite: engines run with NumPy's BLAS pinned to the row's threads (default reference; "
+                        "'none' for no engine)")
+    p.add_argument("--onnx-reference", action="store_true", help="MODEL: also time onnx.reference.ReferenceEvaluator")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds after which an engine stops repeating (default 60; suite: per engine and row, 2)")
+    p.add_argument("--gemm-sizes", default="128,256,512,1024,2048", metavar="S[,S...]", help="GEMM: square sizes")
+    p.add_argument("--gemm-shapes", default="resnet50", choices=["resnet50", "none"],
+                   help="GEMM: also the GEMMs of light:resnet50's convolutions at batch 1 (default) or not")
+    p.add_argument("--naive-up-to", type=int, default=512, help="GEMM: largest square size the naive GEMM runs")
+    p.add_argument("--nodes", type=int, default=200, help="dispatch: nodes in the chain (default 200)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--figure", metavar="FILE.png", help="suite: write the figure (ms per model and engine)")
     p.set_defaults(handler=_bench)
 
     p = sub.add_parser("conformance", help="run ONNX's backend node test suite and count passes")
@@ -89,12 +114,34 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(handler=_zoo_export)
 
     p = sub.add_parser("optimize", help="run the graph passes and save the result (.onnx or .tinf)")
-    p.add_argument("model", help="an .onnx/.tinf path, light:NAME or zoo:NAME")
-    p.add_argument("output", metavar="OUT.{onnx,tinf}")
+    p.add_argument("model", help="an .onnx/.tinf path, light:NAME or zoo:NAME "
+                                 "(light:all with --compare-ort: the nine light models, nothing saved)")
+    p.add_argument("output", metavar="OUT.{onnx,tinf}", nargs="?", help="where to save the optimized model")
     p.add_argument("--level", default="O2", choices=["O0", "O1", "O2", "O3"], help="optimisation level (default O2)")
     p.add_argument("--memory", action="store_true", help="also plan the activation memory and print the three sizes")
     p.add_argument("--notes", type=int, default=3, help="changes listed per pass (default 3)")
+    p.add_argument("--compare-ort", action="store_true",
+                   help="also count the nodes ONNX Runtime leaves (ORT_ENABLE_EXTENDED) and print both counts")
     p.set_defaults(handler=_optimize)
+
+    p = sub.add_parser("quantize", help="post-training int8 quantization: static (QDQ, calibrated) or dynamic")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("output", metavar="OUT.{onnx,tinf}")
+    p.add_argument("--mode", choices=["static", "dynamic"], default="static", help="default: static")
+    p.add_argument("--method", choices=["minmax", "percentile", "entropy", "mse"], default="minmax",
+                   help="static: how activation ranges are calibrated (default minmax)")
+    granularity = p.add_mutually_exclusive_group()
+    granularity.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
+                             help="one weight scale per output channel (default)")
+    granularity.add_argument("--per-tensor", dest="per_channel", action="store_false", help="one weight scale per tensor")
+    p.add_argument("--calibration", metavar="CALIB.npz",
+                   help="static: one array per model input, samples on axis 0 (default: random-normal samples)")
+    p.add_argument("--samples", type=int, default=None, metavar="N",
+                   help="calibrate on the first N samples (default: all of --calibration, or 16 random ones)")
+    p.add_argument("--equalize", action="store_true", help="cross-layer equalization before calibrating")
+    p.add_argument("--bias-correction", action="store_true", help="correct biases for the weights' quantization error")
+    p.add_argument("--seed", type=int, default=0, help="seed of random calibration samples")
+    p.set_defaults(handler=_quantize)
     return parser
 
 
@@ -327,38 +374,184 @@ def _run(args) -> int:
 
 
 def _bench(args) -> int:
-    from .runtime.bench import benchmark_model
+    """Per-model reports (MODEL...), the suite table (--suite), GEMM GFLOP/s (--gemm) and
+    dispatch cost (--dispatch), in that order; one JSON file holds whatever ran."""
+    if not (args.model or args.suite or args.gemm or args.dispatch):
+        raise TinyInferError("bench needs a MODEL, --suite SET, --gemm or --dispatch (see tinyinfer bench -h)")
+    record: dict = {}
+    status = 0
+    if args.model and not args.suite:
+        record["models"] = [_bench_model(args, spec) for spec in args.model]
+    if args.suite:
+        record["suite"], status = _bench_suite(args)
+    if args.gemm:
+        record["gemm"] = _bench_gemm(args)
+    if args.dispatch:
+        from .runtime.bench import benchmark_dispatch, format_dispatch
 
-    report = benchmark_model(
-        resolve_model(args.model),
-        repeat=args.repeat,
-        warmup=args.warmup,
-        dims=_dims(args.dim),
-        threads=args.threads,
-        onnx_reference=args.onnx_reference,
-        budget_s=args.budget,
-        progress=lambda items, desc: _progress(items, desc),
-    )
-    print(report.table())
+        record["dispatch"] = benchmark_dispatch(nodes=args.nodes)
+        print(format_dispatch(record["dispatch"]))
     if args.json:
         import json
 
-        with open(args.json, "w") as f:
-            json.dump(report.to_dict(), f, indent=2)
-    return 0
+        only_models = list(record) == ["models"] and len(record["models"]) == 1
+        try:
+            with open(args.json, "w") as f:
+                json.dump(record["models"][0] if only_models else record, f, indent=2)
+        except OSError as exc:
+            raise TinyInferError(f"cannot write '{args.json}': {exc}") from None
+    return status
+
+
+def _bench_model(args, spec: str) -> dict:
+    from .runtime.bench import benchmark_model
+
+    threads = _int_list(args.threads, "--threads", default=(0,), minimum=0)
+    if len(threads) != 1:
+        raise TinyInferError(f"bench MODEL takes one --threads count, got {args.threads!r}")
+    report = benchmark_model(
+        resolve_model(spec),
+        repeat=10 if args.repeat is None else args.repeat,
+        warmup=2 if args.warmup is None else args.warmup,
+        dims=_dims(args.dim),
+        threads=threads[0],
+        onnx_reference=args.onnx_reference,
+        budget_s=60.0 if args.budget is None else args.budget,
+        progress=lambda items, desc: _progress(items, desc),
+    )
+    print(report.table())
+    return report.to_dict()
+
+
+def _bench_suite(args) -> tuple[dict, int]:
+    from .runtime.bench import ENGINES, benchmark_suite, write_suite_figure
+
+    specs = _suite_specs(args.suite) + list(args.model)
+    engines = [e for e in args.engines.split(",") if e]
+    pinned = [] if args.pin_blas == "none" else [e for e in args.pin_blas.split(",") if e]
+    unknown = [e for e in engines + pinned if e not in ENGINES]
+    if unknown:
+        raise TinyInferError(f"unknown engine(s) {unknown}; choose from {', '.join(ENGINES)}")
+    report = benchmark_suite(
+        [(spec, lambda spec=spec: resolve_model(spec)) for spec in specs],
+        engines=engines,
+        threads=_int_list(args.threads, "--threads", default=(1, 2)),
+        batches=_int_list(args.batch, "--batch", default=(1, 8)),
+        repeat=5 if args.repeat is None else args.repeat,
+        budget=2.0 if args.budget is None else args.budget,
+        warmup=1 if args.warmup is None else args.warmup,
+        select=args.select,
+        pin_blas=pinned,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    print(report.table())
+    if args.figure:
+        write_suite_figure(report, args.figure)
+        print(f"figure written to {args.figure}")
+    for warning in report.warnings:
+        print(f"tinyinfer: warning: {warning}", file=sys.stderr)
+    for error in report.errors:
+        print(f"tinyinfer: error: {error}", file=sys.stderr)
+    return report.to_dict(), 1 if report.errors else 0
+
+
+def _suite_specs(suite: str) -> list[str]:
+    """``light``, ``zoo``, ``all`` or a comma-separated list of MODEL arguments."""
+    from .models import list_models
+    from .models.light import LIGHT_MODELS
+
+    light = [f"light:{name}" for name in LIGHT_MODELS]
+    zoo = [f"zoo:{name}" for name in list_models()]
+    sets = {"light": light, "zoo": zoo, "all": light + zoo}
+    if suite in sets:
+        return sets[suite]
+    return [spec for spec in suite.split(",") if spec]
+
+
+def _bench_gemm(args) -> list[dict]:
+    from .runtime.bench import conv_gemm_shapes, format_gemm_table, gemm_table
+
+    threads = _int_list(args.threads, "--threads", default=(1, 2))
+    sizes = _int_list(args.gemm_sizes, "--gemm-sizes", default=())
+    shapes = conv_gemm_shapes(resolve_model("light:resnet50")) if args.gemm_shapes == "resnet50" else []
+    rows = gemm_table(sizes, shapes, threads=threads, repeats=5 if args.repeat is None else args.repeat,
+                      naive_up_to=args.naive_up_to)
+    print(format_gemm_table(rows, threads))
+    return rows
+
+
+def _int_list(text: str | None, option: str, default: tuple, minimum: int = 1) -> tuple[int, ...]:
+    """``"1,2"`` -> (1, 2); ``default`` when the option is not given."""
+    if text is None:
+        return default
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise TinyInferError(f"{option} expects comma-separated integers, got {text!r}") from None
+    if not values or min(values) < minimum:
+        raise TinyInferError(f"{option} expects integers >= {minimum}, got {text!r}")
+    return values
 
 
 def _optimize(args) -> int:
     from . import load, save
     from .passes import PassManager
+    from .runtime.compare import NodeCountRow, node_count_table, node_counts_vs_onnxruntime, onnxruntime_node_count
 
-    graph = load(resolve_model(args.model))
+    if args.model == "light:all":  # the node-count table of chapter 05, one light model at a time
+        if not args.compare_ort or args.output:
+            raise TinyInferError("light:all only compares node counts: use `tinyinfer optimize light:all --compare-ort` "
+                                 "without an output file")
+        from .models.light import LIGHT_MODELS, load_light_model
+
+        rows = []
+        for name in _progress(LIGHT_MODELS, "light models", "model"):
+            rows += node_counts_vs_onnxruntime({name: load_light_model(name)}, level=args.level)
+        print(node_count_table(rows))
+        return 0
+    if not args.output:
+        raise TinyInferError("optimize needs an output file (OUT.onnx or OUT.tinf) after the model")
+    source = resolve_model(args.model)
+    graph = load(source)
     optimized, report = PassManager(args.level).run(graph)
     print(report.table(notes=args.notes))
     if args.memory:
         from .passes.memory import plan_memory
 
         print("activation memory:", plan_memory(optimized).summary())
+    if args.compare_ort:
+        row = NodeCountRow(args.model, len(graph.nodes), len(optimized.nodes), onnxruntime_node_count(source), args.level)
+        print(node_count_table([row]))
     save(optimized, args.output)
     print(f"saved {len(optimized.nodes)} nodes to {args.output}")
+    return 0
+
+
+def _quantize(args) -> int:
+    from .compress.ptq import NpzDataReader, ListDataReader, quantize_dynamic, quantize_static, random_normal_reader
+    from .runtime import load
+
+    model = resolve_model(args.model)
+    if args.samples is not None and args.samples < 1:
+        raise TinyInferError(f"--samples must be at least 1, got {args.samples}")
+    if args.mode == "dynamic":
+        if args.calibration or args.equalize or args.bias_correction:
+            raise TinyInferError("--calibration, --equalize and --bias-correction apply to --mode static only")
+        report = quantize_dynamic(model, args.output, per_channel=args.per_channel)
+    else:
+        if args.calibration:
+            reader = NpzDataReader(args.calibration, load(model).input_names)
+            if args.samples is not None:
+                reader = ListDataReader(reader.feeds[:args.samples])
+            print(f"calibrating on {len(reader)} sample(s) from {args.calibration}")
+        else:
+            samples = args.samples or 16
+            reader = random_normal_reader(model, samples, seed=args.seed)
+            print(f"no --calibration given: calibrating on {samples} random-normal sample(s) (seed {args.seed}); "
+                  "ranges from real data are better")
+        report = quantize_static(model, args.output, reader, method=args.method, per_channel=args.per_channel,
+                                 equalize=args.equalize, bias_correction=args.bias_correction,
+                                 progress=sys.stderr.isatty())
+    print(report.table())
+    print(f"saved {args.output}")
     return 0

@@ -278,3 +278,25 @@ def test_numba_session_runs_the_mlp_on_the_gemm_kernel_and_matches_onnxruntime(o
     assert len(products) == 3 and all(r.kernel == "gemm_packed" for r in products)
     if opt_level == "O2":  # MatMul + Add + Relu and Gemm + Sigmoid were fused
         assert sorted(r.op_type for r in products) == ["FusedGemm", "FusedGemm", "MatMul"]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("groups, m, k, n", [(4, 34, 34, 784), (3, 5, 7, 9), (2, 17, 300, 40)])
+def test_grouped_gemm_is_one_product_per_group_with_residual_bias_and_activation(threads, groups, m, k, n):
+    rng = np.random.default_rng(groups * m)
+    a = _rand(rng, groups, m, k)
+    b = _rand(rng, groups, k, n)
+    c = _rand(rng, groups, m, n)
+    bias = _rand(rng, groups * m)
+    stacked = np.stack([g.prepack_a(a[i]).data for i in range(groups)])
+    out = np.empty((groups, m, n), np.float32)
+    g.gemm_grouped(stacked, b, out, c=c, row_bias=bias, activation="Relu", threads=threads)
+    for i in range(groups):
+        # relu(x) is within the bound of x: compare before the activation where x > 0
+        want = a[i].astype(np.float64) @ b[i] + c[i] + bias[i * m:(i + 1) * m, None]
+        bound = 4 * np.finfo(np.float32).eps * (k + 2) * (np.abs(a[i]) @ np.abs(b[i]) + np.abs(c[i]) + 1)
+        assert np.all(np.abs(out[i] - np.maximum(want, 0)) <= bound)
+    plain = np.empty((groups, m, n), np.float32)
+    g.gemm_grouped(stacked, b, plain, threads=threads)
+    for i in range(groups):
+        _close(plain[i], a[i], b[i])

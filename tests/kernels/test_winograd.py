@@ -147,6 +147,34 @@ def test_winograd_applies_the_fused_epilogue(m, activation, params):
     np.testing.assert_allclose(fn(node, *arrays), reference(node, arrays), **TOLERANCE[m])
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("x_shape, out_channels", [
+    ((1, 16, 6, 6), 80),  # few tiles, 3 blocks of output channels: the input transformed once, before
+    ((3, 16, 18, 17), 40),  # many tiles over 3 images: tasks of tile panels that cross images
+    ((1, 300, 9, 9), 16),  # over 256 input channels: 2 K blocks of the micro-kernel, 2-panel tasks
+])
+def test_winograd_task_plans_match_the_reference(threads, m, x_shape, out_channels):
+    import numba
+
+    node, values, arrays = make_conv(x_shape, out_channels, residual=True, activation="Relu", seed=7)
+    fn = winograd.build_winograd(node, values, m)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        got = fn(node, *arrays)
+    finally:
+        numba.set_num_threads(previous)
+    np.testing.assert_allclose(got, reference(node, arrays), **TOLERANCE[m])
+
+
+def test_winograd_task_plan_cuts_tiles_before_channels():
+    assert winograd.plan_winograd_tasks(196, 64, 64, 1) == (4, 64)  # one thread: the largest blocks
+    assert winograd.plan_winograd_tasks(196, 64, 64, 2) == (4, 64)  # 25 panels: 7 tasks already
+    assert winograd.plan_winograd_tasks(49, 128, 128, 2) == (2, 64)  # 2 panels (16 tiles, one vector) a task
+    assert winograd.plan_winograd_tasks(16, 256, 256, 2) == (2, 32)  # one tile task: channels are cut
+
+
 @pytest.mark.parametrize("m", [2, 4])
 def test_winograd_on_numpys_batched_matmul(m):
     node, values, arrays = make_conv((2, 16, 9, 7), 24, residual=True, activation="Relu")

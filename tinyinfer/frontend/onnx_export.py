@@ -30,8 +30,9 @@ def to_onnx(graph: Graph, *, producer: str = "tinyinfer", decompose: bool = True
     if decompose:
         from ..ops.fused import decompose_fused  # the fused ops know their own decomposition
         from ..ops.layout import decompose_layout  # and the blocked-layout ops (O3) theirs
+        from ..ops.qlinear import decompose_qlinear  # and the int8 ops (DQ -> float op -> Q)
 
-        graph = decompose_fused(decompose_layout(graph))
+        graph = decompose_fused(decompose_layout(decompose_qlinear(graph)))
     nodes = [_node_proto(node) for node in graph.nodes]
     initializers = [numpy_helper.from_array(np.asarray(array), name) for name, array in graph.initializers.items()]
     inputs = [_value_info(v, graph) for v in graph.inputs]

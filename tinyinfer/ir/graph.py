@@ -378,6 +378,24 @@ class Graph:
             metadata=dict(self.metadata),
         )
 
+    def namer(self):
+        """``fresh(stem) -> name``: names unused in the graph, and distinct from each other.
+
+        For a rewrite that makes many names: the graph's names are collected once, not per
+        name as :meth:`unique_name` does.
+        """
+        taken = set(self.initializers) | set(self.input_names) | set(self.output_names)
+        taken |= {n for node in self.nodes for n in (*node.inputs, *node.outputs, node.name)}
+
+        def fresh(stem: str) -> str:
+            name, i = stem, 1
+            while name in taken:
+                name, i = f"{stem}_{i}", i + 1
+            taken.add(name)
+            return name
+
+        return fresh
+
     def unique_name(self, stem: str) -> str:
         """A tensor or node name not used anywhere in the graph yet."""
         taken = set(self.initializers) | set(self.input_names) | set(self.output_names)

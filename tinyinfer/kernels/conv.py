@@ -45,8 +45,8 @@ import numpy as np
 from ..ir import Node, Value
 from ..ops.conv import window_geometry
 from .epilogue import (FUSED_DOMAIN, Epilogue, bias_or_zeros, epilogue_of, finish_in_place, finish_row,
-                       residual_or_placeholder, supports_epilogue)
-from .registry import named, register_kernel
+                       output_buffer, residual_or_placeholder, supports_epilogue)
+from .registry import named, register_kernel, writes_into
 
 #: Output channels computed together by the direct kernel (they share each input load).
 CHANNEL_BLOCK = 4
@@ -168,33 +168,41 @@ class ConvWeights:
     matrices: np.ndarray  # (g, M/g, K)
     packed: tuple | None  # one PackedMatrix per group ("packed" backend)
     backend: str
+    stacked: np.ndarray | None = None  # the packed groups' data as one (g, size) array, for gemm_grouped
 
 
 def conv_weights(w: np.ndarray, group: int, backend: str = DEFAULT_GEMM) -> ConvWeights:
     matrices = np.ascontiguousarray(w.reshape(group, w.shape[0] // group, -1), dtype=np.float32)
     packed = tuple(PACKED_GEMM.prepack_a(m) for m in matrices) if backend == "packed" else None
-    return ConvWeights(matrices, packed, backend)
+    stacked = np.stack([p.data for p in packed]) if packed is not None and group > 1 else None
+    return ConvWeights(matrices, packed, backend, stacked)
 
 
 def multiply(weights: ConvWeights, columns: np.ndarray, out: np.ndarray, bias, residual, epilogue: Epilogue) -> None:
     """``out = f(W @ columns + bias + residual)`` for one image, every group.
 
     ``columns`` is (C/g*kh*kw * g) x P, ``out`` and ``residual`` (or None) M x P, ``bias``
-    (M,) or None. The packed GEMM takes one addend: the bias column, the residual, or (when
-    there are both) their sum, formed here in one pass over the residual.
+    (M,) or None. The packed GEMM adds the residual as its C and the bias as a per-row shift,
+    in the store of each tile: no pass over the output besides that store.
     """
     group, rows, inner = weights.matrices.shape
+    if weights.stacked is not None and out.flags.c_contiguous:  # every group in one call, one parallel loop
+        z = None if residual is None else residual.reshape(group, rows, -1)
+        PACKED_GEMM.gemm_grouped(weights.stacked, columns.reshape(group, inner, -1), out.reshape(group, rows, -1),
+                                 c=z, row_bias=bias, activation=epilogue.name,
+                                 activation_params=(epilogue.alpha, epilogue.beta))
+        return
     for g in range(group):
         target = out[g * rows:(g + 1) * rows]
         source = columns[g * inner:(g + 1) * inner]
         if weights.backend == "blas":
             np.matmul(weights.matrices[g], source, out=target)
             continue
-        b = None if bias is None else np.asarray(bias[g * rows:(g + 1) * rows], np.float32)[:, None]
+        b = None if bias is None else bias[g * rows:(g + 1) * rows]
         z = None if residual is None else residual[g * rows:(g + 1) * rows]
-        addend = b if z is None else z if b is None else z + b
-        PACKED_GEMM.gemm(weights.packed[g], source, out=target, c=addend, beta=0.0 if addend is None else 1.0,
-                         activation=epilogue.name, activation_params=(epilogue.alpha, epilogue.beta))
+        # the residual is C, the bias a per-row shift: both added in the GEMM's store
+        PACKED_GEMM.gemm(weights.packed[g], source, out=target, c=z, beta=0.0 if z is None else 1.0,
+                         activation=epilogue.name, activation_params=(epilogue.alpha, epilogue.beta), row_bias=b)
     if weights.backend == "blas" and (bias is not None or residual is not None or epilogue.code != 0):
         z = _NO_RESIDUAL_3D if residual is None else residual[None]
         finish_in_place(out[None], bias_or_zeros(bias, out.shape[0]), z, residual is not None,
@@ -230,11 +238,12 @@ def build_direct(node: Node, inputs: list, outputs: list):
     epilogue = epilogue_of(node)
     packed = None if inputs[1].const is None else pack_direct_weights(inputs[1].const, geometry.group)
 
-    def conv2d_direct(node, x, w, bias=None, *rest):
+    def conv2d_direct(node, x, w, bias=None, *rest, out=None):
         weights = packed if packed is not None else pack_direct_weights(w, geometry.group)
-        return run_direct(x, weights, bias, epilogue.residual((x, w, bias, *rest)), geometry, epilogue)
+        return run_direct(x, weights, bias, epilogue.residual((x, w, bias, *rest)), geometry, epilogue,
+                          output_buffer(out, geometry.output_shape))
 
-    return named(conv2d_direct, "conv2d_direct")
+    return writes_into(named(conv2d_direct, "conv2d_direct"))
 
 
 def pack_direct_weights(w: np.ndarray, group: int) -> np.ndarray:
@@ -252,10 +261,10 @@ def pack_direct_weights(w: np.ndarray, group: int) -> np.ndarray:
     return np.ascontiguousarray(packed)
 
 
-def run_direct(x, packed, bias, residual, g: ConvGeometry, epilogue: Epilogue) -> np.ndarray:
+def run_direct(x, packed, bias, residual, g: ConvGeometry, epilogue: Epilogue, y=None) -> np.ndarray:
     padded_h, padded_w = padded_size(g)
     padded = pad_planes(x, g.pad_top, g.pad_left, padded_h, padded_w, 0.0)
-    y = np.empty(g.output_shape, np.float32)
+    y = np.empty(g.output_shape, np.float32) if y is None else y
     z, has_residual = residual_or_placeholder(residual)
     _direct_kernel(padded, padded_w, packed, bias_or_zeros(bias, g.out_channels), z, has_residual, epilogue.code,
                    epilogue.alpha, epilogue.beta, g.stride_h, g.stride_w, g.dilation_h, g.dilation_w, y)
@@ -385,17 +394,18 @@ def build_im2col(node: Node, inputs: list, outputs: list, backend: str = DEFAULT
     epilogue = epilogue_of(node)
     prepared = None if inputs[1].const is None else conv_weights(inputs[1].const, geometry.group, backend)
 
-    def conv2d_im2col(node, x, w, bias=None, *rest):
+    def conv2d_im2col(node, x, w, bias=None, *rest, out=None):
         weights = prepared if prepared is not None else conv_weights(w, geometry.group, backend)
-        return run_im2col(x, weights, bias, epilogue.residual((x, w, bias, *rest)), geometry, epilogue)
+        return run_im2col(x, weights, bias, epilogue.residual((x, w, bias, *rest)), geometry, epilogue,
+                          output_buffer(out, geometry.output_shape))
 
-    return named(conv2d_im2col, "conv2d_im2col")
+    return writes_into(named(conv2d_im2col, "conv2d_im2col"))
 
 
-def run_im2col(x, weights: ConvWeights, bias, residual, g: ConvGeometry, epilogue: Epilogue) -> np.ndarray:
+def run_im2col(x, weights: ConvWeights, bias, residual, g: ConvGeometry, epilogue: Epilogue, y=None) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     pixels = g.out_h * g.out_w
-    y = np.empty(g.output_shape, np.float32)
+    y = np.empty(g.output_shape, np.float32) if y is None else y
     flat = y.reshape(g.batch, g.out_channels, pixels)
     z = None if residual is None else np.ascontiguousarray(residual, dtype=np.float32).reshape(flat.shape)
     columns = np.empty((g.column_rows, pixels), np.float32)  # one image's columns, reused per image
@@ -458,17 +468,18 @@ def build_1x1(node: Node, inputs: list, outputs: list, backend: str = DEFAULT_GE
     epilogue = epilogue_of(node)
     prepared = None if inputs[1].const is None else conv_weights(inputs[1].const, geometry.group, backend)
 
-    def conv2d_1x1(node, x, w, bias=None, *rest):
+    def conv2d_1x1(node, x, w, bias=None, *rest, out=None):
         weights = prepared if prepared is not None else conv_weights(w, geometry.group, backend)
-        return run_1x1(x, weights, bias, epilogue.residual((x, w, bias, *rest)), geometry, epilogue)
+        return run_1x1(x, weights, bias, epilogue.residual((x, w, bias, *rest)), geometry, epilogue,
+                       output_buffer(out, geometry.output_shape))
 
-    return named(conv2d_1x1, "conv2d_1x1")
+    return writes_into(named(conv2d_1x1, "conv2d_1x1"))
 
 
-def run_1x1(x, weights: ConvWeights, bias, residual, g: ConvGeometry, epilogue: Epilogue) -> np.ndarray:
+def run_1x1(x, weights: ConvWeights, bias, residual, g: ConvGeometry, epilogue: Epilogue, y=None) -> np.ndarray:
     pixels = g.height * g.width
     images = np.ascontiguousarray(x, dtype=np.float32).reshape(g.batch, g.channels, pixels)
-    y = np.empty(g.output_shape, np.float32)
+    y = np.empty(g.output_shape, np.float32) if y is None else y
     flat = y.reshape(g.batch, g.out_channels, pixels)
     z = None if residual is None else np.ascontiguousarray(residual, dtype=np.float32).reshape(flat.shape)
     for image in range(g.batch):  # the image is its own column matrix

@@ -24,8 +24,8 @@ by side as chapter 06 shows them:
   transposed inputs cost nothing extra because packing reads through strides. A constant
   operand (a layer's weights) is packed once, when a plan is built (:func:`prepack_b`,
   :func:`prepack_a`); its blocks are then slices of the packed array. With several threads
-  the larger of M and N is cut into one equal part per thread, and the five loops run in
-  each part.
+  the larger of M and N is cut into equal parts, :data:`TASKS_PER_THREAD` per thread, handed
+  out dynamically, and the five loops run in each part.
 
 The micro-kernel keeps an MR x NR = 8 x 32 tile of C in 16 vector registers of 16 floats.
 Each of the KC steps loads 2 vectors of B~, broadcasts 8 values of A~ and issues 16 fused
@@ -92,6 +92,10 @@ KC, MC, NC = 256, 128, 512
 GEMM_FLOPS_PER_SECOND = 250e9
 #: Python's share of one call (checks, views, the dispatch to Numba), for the cost hints.
 CALL_SECONDS = 10e-6
+#: Parts a parallel product is cut into per thread (see :func:`gemm`), from this many
+#: multiply-adds on (below, cutting the larger side finer repacks the smaller one for little).
+TASKS_PER_THREAD = 3
+DYNAMIC_THRESHOLD = 1 << 22
 #: Below this many multiply-adds one thread is faster than waking the others.
 PARALLEL_THRESHOLD = 1 << 18  # about 64^3: measured crossover on 2 threads
 
@@ -188,8 +192,9 @@ def prepack_a(a: np.ndarray, trans_a: bool = False) -> PackedMatrix:
 # ============================================================================ gemm
 def gemm(a, b, out: np.ndarray | None = None, *, alpha: float = 1.0, beta: float = 0.0,
          c: np.ndarray | None = None, trans_a: bool = False, trans_b: bool = False,
-         activation: str = "Identity", activation_params=(), threads: int | None = None) -> np.ndarray:
-    """``out = act(alpha * A' @ B' + beta * C)`` in float32 by the blocked, packed algorithm.
+         activation: str = "Identity", activation_params=(), threads: int | None = None,
+         row_bias: np.ndarray | None = None) -> np.ndarray:
+    """``out = act(alpha * A' @ B' + beta * C + row_bias)`` in float32 by the blocked, packed algorithm.
 
     ``a`` and ``b`` are matrices (any float dtype, any strides; converted to float32) or
     :class:`PackedMatrix` from :func:`prepack_a` / :func:`prepack_b` (already transposed as
@@ -199,7 +204,9 @@ def gemm(a, b, out: np.ndarray | None = None, *, alpha: float = 1.0, beta: float
     ``activation`` is one of :data:`tinyinfer.kernels.epilogue.ACTIVATION_CODES` (the
     activations of ``ai.tinyinfer:FusedGemm``), applied to each tile of the result as it is
     stored. ``out`` (float32, M x N) receives the result when given; it is returned.
-    ``threads`` defaults to Numba's current thread count.
+    ``threads`` defaults to Numba's current thread count. ``row_bias`` (M values, or None)
+    is added to each row as well: a convolution's bias next to a residual in C, both
+    in the one store of each tile.
     """
     a_data, a_rows, a_cols, a_packed, (m, k) = _operand(a, "a", trans_a)
     b_data, b_rows, b_cols, b_packed, (k_b, n) = _operand(b, "b", trans_b)
@@ -210,20 +217,79 @@ def gemm(a, b, out: np.ndarray | None = None, *, alpha: float = 1.0, beta: float
         c = np.array(c, copy=True)  # C is read after the first K block has been written to out
     c_data, c_rows, c_cols = _addend(c, m, n, beta)
     code, p0, p1 = _activation(activation, activation_params)
+    if row_bias is not None:
+        row_bias = np.ascontiguousarray(row_bias, dtype=np.float32).reshape(-1)
+        if row_bias.size != m:
+            raise ValueError(f"row_bias has {row_bias.size} values, the product has {m} rows")
     if m and n:
         threads = numba.get_num_threads() if threads is None else threads
         parallel = threads > 1 and m * n * k >= PARALLEL_THRESHOLD
-        mt, nt = plan_tasks(m, n, threads if parallel else 1)
-        tasks = _cdiv(m, mt) * _cdiv(n, nt)
-        work = scratch(tasks * (_round_up(MC, MR) * KC + KC * NC))
+        # TASKS_PER_THREAD parts per thread, handed out dynamically: a thread the OS preempts
+        # for a while (other processes on the cores) is made up for by the others.
+        parts = TASKS_PER_THREAD if m * n * k >= DYNAMIC_THRESHOLD else 1  # small: no repacking
+        mt, nt = plan_tasks(m, n, threads * parts if parallel else 1)
+        slots = numba.config.NUMBA_NUM_THREADS if parallel else 1  # packing buffers: one per thread
+        work = scratch(slots * (_round_up(MC, MR) * KC + KC * NC))
         args = (a_data, a_rows, a_cols, a_packed, b_data, b_rows, b_cols, b_packed, y.reshape(-1),
                 m, n, k, mt, nt, work, c_data, c_rows, c_cols, np.float32(alpha),
-                np.float32(beta if c is not None else 0.0), code, np.float32(p0), np.float32(p1))
-        (_gemm_parallel if parallel else _gemm_serial)(*args)
+                np.float32(beta if c is not None else 0.0), code, np.float32(p0), np.float32(p1),
+                _NO_ADDEND if row_bias is None else row_bias, row_bias is not None)
+        if parallel:
+            previous = numba.set_parallel_chunksize(1)  # dynamic schedule (cannot be set in cached code)
+            try:
+                _gemm_parallel(*args)
+            finally:
+                numba.set_parallel_chunksize(previous)
+        else:
+            _gemm_serial(*args)
     if target is not None and target is not y:
         target[...] = y
         return target
     return y
+
+
+def gemm_grouped(a: np.ndarray, b: np.ndarray, out: np.ndarray, *, c: np.ndarray | None = None,
+                 row_bias: np.ndarray | None = None, activation: str = "Identity", activation_params=(),
+                 threads: int | None = None) -> np.ndarray:
+    """``out[g] = act(A[g] @ B[g] + C[g] + row_bias[g])`` for every group g, in one parallel loop.
+
+    A grouped convolution is one small product per group; one :func:`gemm` call each would
+    pay Python's share of a call and a parallel loop per group (a ShuffleNet layer has 4
+    groups of 34 x 34 x 784). ``a`` is (G, MR-panel data) — each group's matrix packed by
+    :func:`prepack_a`, stacked; ``b`` (G, K, N) and ``out`` (G, M, N) are C-ordered float32;
+    ``c`` (G, M, N) or None; ``row_bias`` (G * M,) or None. The tasks of all groups are
+    handed out together, dynamically.
+    """
+    groups, k, n = b.shape
+    m = out.shape[1]
+    if a.shape[0] != groups or out.shape != (groups, m, n) or a.shape[1] != _round_up(m, MR) * k:
+        raise ValueError(f"grouped shapes do not match: A {a.shape}, B {b.shape}, out {out.shape}")
+    if not (out.dtype == np.float32 and out.flags.c_contiguous):
+        raise ValueError("out must be a C-ordered float32 array")
+    b = np.ascontiguousarray(b, dtype=np.float32)
+    code, p0, p1 = _activation(activation, activation_params)
+    if c is not None and np.may_share_memory(c, out):
+        c = np.array(c, copy=True)  # C is read after the first K block has been written to out
+    c_data = _NO_ADDEND if c is None else np.ascontiguousarray(c, dtype=np.float32).reshape(-1)
+    bias = _NO_ADDEND if row_bias is None else np.ascontiguousarray(row_bias, dtype=np.float32).reshape(-1)
+    if groups and m and n:
+        threads = numba.get_num_threads() if threads is None else threads
+        parallel = threads > 1 and groups * m * n * k >= PARALLEL_THRESHOLD
+        per_group = max(1, _cdiv(threads * TASKS_PER_THREAD, groups)) if parallel else 1
+        mt, nt = plan_tasks(m, n, per_group)
+        slots = numba.config.NUMBA_NUM_THREADS if parallel else 1
+        work = scratch(slots * (_round_up(MC, MR) * KC + KC * NC))
+        args = (np.ascontiguousarray(a, dtype=np.float32), b.reshape(groups, -1), out.reshape(groups, -1), m, n, k,
+                mt, nt, work, c_data, c is not None, code, np.float32(p0), np.float32(p1), bias, row_bias is not None)
+        if parallel:
+            previous = numba.set_parallel_chunksize(1)
+            try:
+                _gemm_grouped_parallel(*args)
+            finally:
+                numba.set_parallel_chunksize(previous)
+        else:
+            _gemm_grouped_serial(*args)
+    return out
 
 
 def plan_tasks(m: int, n: int, threads: int) -> tuple[int, int]:
@@ -231,8 +297,9 @@ def plan_tasks(m: int, n: int, threads: int) -> tuple[int, int]:
 
     The larger of M and N is cut: rows (in whole MR micro-panels) when M >= N, else columns
     (in whole NR micro-panels), into equal parts, one per thread; a thread then reads all
-    of the smaller operand and its part of the larger. Numba's static schedule hands each
-    thread one task, so equal parts mean no thread waits for another.
+    of the smaller operand and its part of the larger. :func:`gemm` asks for
+    :data:`TASKS_PER_THREAD` parts per thread and hands them out dynamically, so that a
+    thread the OS preempts for a while does not hold up the others.
     """
     if m >= n and _cdiv(m, MR) >= threads:
         return _round_up(_cdiv(m, threads), MR), n
@@ -265,7 +332,7 @@ def micro_kernel_asm() -> str:
     fresh = numba.njit(_micro_kernel.py_func)
     one = np.float32(1.0)
     fresh(1, np.ones(MR, np.float32), 0, np.ones(NR, np.float32), 0, np.empty(MR * NR, np.float32), 0, NR, MR, NR,
-          False, False, _NO_ADDEND, 0, 0, 0, one, one, IDENTITY, one, one)
+          False, False, _NO_ADDEND, 0, 0, 0, one, one, IDENTITY, one, one, _NO_ADDEND, -1)
     return fresh.inspect_asm(fresh.signatures[0])
 
 
@@ -543,30 +610,57 @@ def _activation(name: str, params) -> tuple[int, float, float]:
 # ============================================================================ Numba: the driver
 @numba.njit(cache=True, parallel=True)
 def _gemm_parallel(a, a_rows, a_cols, a_packed, b, b_rows, b_cols, b_packed, y, m, n, k, mt, nt, work,
-                   c, c_rows, c_cols, alpha, beta, code, p0, p1):
-    """One task per thread (``plan_tasks`` makes exactly as many as there are threads)."""
+                   c, c_rows, c_cols, alpha, beta, code, p0, p1, row_bias, has_row_bias):
+    """The tasks on Numba's threads, dynamically scheduled; each packs into its thread's buffer."""
     tasks = ((m + mt - 1) // mt) * ((n + nt - 1) // nt)
     for task in numba.prange(tasks):
-        _gemm_task(task, a, a_rows, a_cols, a_packed, b, b_rows, b_cols, b_packed, y, m, n, k, mt, nt, work,
-                   c, c_rows, c_cols, alpha, beta, code, p0, p1)
+        _gemm_task(task, numba.get_thread_id(), a, a_rows, a_cols, a_packed, b, b_rows, b_cols, b_packed, y, m, n, k,
+                   mt, nt, work, c, c_rows, c_cols, alpha, beta, code, p0, p1, row_bias, has_row_bias)
 
 
 @numba.njit(cache=True)
 def _gemm_serial(a, a_rows, a_cols, a_packed, b, b_rows, b_cols, b_packed, y, m, n, k, mt, nt, work,
-                 c, c_rows, c_cols, alpha, beta, code, p0, p1):
+                 c, c_rows, c_cols, alpha, beta, code, p0, p1, row_bias, has_row_bias):
     """The same tasks on the calling thread (small products: waking threads costs more)."""
     for task in range(((m + mt - 1) // mt) * ((n + nt - 1) // nt)):
-        _gemm_task(task, a, a_rows, a_cols, a_packed, b, b_rows, b_cols, b_packed, y, m, n, k, mt, nt, work,
-                   c, c_rows, c_cols, alpha, beta, code, p0, p1)
+        _gemm_task(task, 0, a, a_rows, a_cols, a_packed, b, b_rows, b_cols, b_packed, y, m, n, k, mt, nt, work,
+                   c, c_rows, c_cols, alpha, beta, code, p0, p1, row_bias, has_row_bias)
+
+
+@numba.njit(cache=True, parallel=True)
+def _gemm_grouped_parallel(a, b, y, m, n, k, mt, nt, work, c, has_c, code, p0, p1, bias, has_bias):
+    """Every group's tasks, dynamically scheduled (see :func:`gemm_grouped`)."""
+    per_group = ((m + mt - 1) // mt) * ((n + nt - 1) // nt)
+    for task in numba.prange(a.shape[0] * per_group):
+        _grouped_task(task // per_group, task % per_group, numba.get_thread_id(), a, b, y, m, n, k, mt, nt, work,
+                      c, has_c, code, p0, p1, bias, has_bias)
 
 
 @numba.njit(cache=True)
-def _gemm_task(task, a, a_rows, a_cols, a_packed, b, b_rows, b_cols, b_packed, y, m, n, k, mt, nt, work,
-               c, c_rows, c_cols, alpha, beta, code, p0, p1):
+def _gemm_grouped_serial(a, b, y, m, n, k, mt, nt, work, c, has_c, code, p0, p1, bias, has_bias):
+    per_group = ((m + mt - 1) // mt) * ((n + nt - 1) // nt)
+    for task in range(a.shape[0] * per_group):
+        _grouped_task(task // per_group, task % per_group, 0, a, b, y, m, n, k, mt, nt, work,
+                      c, has_c, code, p0, p1, bias, has_bias)
+
+
+@numba.njit(cache=True, inline="always")
+def _grouped_task(group, task, slot, a, b, y, m, n, k, mt, nt, work, c, has_c, code, p0, p1, bias, has_bias):
+    """One task of one group: :func:`_gemm_task` on the group's slices (B, C and Y C-ordered)."""
+    c_group = c[group * m * n:(group + 1) * m * n] if has_c else c
+    bias_group = bias[group * m:(group + 1) * m] if has_bias else bias
+    _gemm_task(task, slot, a[group], 0, 0, True, b[group], n, 1, False, y[group], m, n, k, mt, nt, work,
+               c_group, n if has_c and m > 1 else 0, 1 if has_c and n > 1 else 0, np.float32(1.0),
+               np.float32(1.0 if has_c else 0.0), code, p0, p1, bias_group, has_bias)
+
+
+@numba.njit(cache=True)
+def _gemm_task(task, slot, a, a_rows, a_cols, a_packed, b, b_rows, b_cols, b_packed, y, m, n, k, mt, nt, work,
+               c, c_rows, c_cols, alpha, beta, code, p0, p1, row_bias, has_row_bias):
     """One task's block of C (``mt`` rows x ``nt`` columns): the five loops of Goto's algorithm.
 
     ``a`` / ``b`` are either the flat operands with their strides (packed here, block by
-    block, into this task's slice of ``work``) or, when ``a_packed`` / ``b_packed``, the
+    block, into the slice ``slot`` of ``work``, its thread's) or, when ``a_packed`` / ``b_packed``, the
     whole prepacked operand (then a block is a slice of it).
     """
     row_tasks = (m + mt - 1) // mt
@@ -574,14 +668,15 @@ def _gemm_task(task, a, a_rows, a_cols, a_packed, b, b_rows, b_cols, b_packed, y
     i_hi, j_hi = min(m, i_lo + mt), min(n, j_lo + nt)
     m_padded, n_padded = (m + MR - 1) // MR * MR, (n + NR - 1) // NR * NR
     a_size, b_size = (MC + MR - 1) // MR * MR * KC, KC * NC
-    a_block = work[task * (a_size + b_size):task * (a_size + b_size) + a_size]
-    b_block = work[task * (a_size + b_size) + a_size:(task + 1) * (a_size + b_size)]
-    finish = alpha != 1.0 or beta != 0.0 or code != IDENTITY
+    a_block = work[slot * (a_size + b_size):slot * (a_size + b_size) + a_size]
+    b_block = work[slot * (a_size + b_size) + a_size:(slot + 1) * (a_size + b_size)]
+    finish = alpha != 1.0 or beta != 0.0 or code != IDENTITY or has_row_bias
     if k == 0:  # an empty sum: C is only the addend
         for i in range(i_lo, i_hi):
             y[i * n + j_lo:i * n + j_hi] = 0.0
             if finish:
-                _finish_row(y, i * n + j_lo, j_hi - j_lo, c, i * c_rows + j_lo * c_cols, c_cols, alpha, beta, code, p0, p1)
+                _finish_row(y, i * n + j_lo, j_hi - j_lo, c, i * c_rows + j_lo * c_cols, c_cols, alpha, beta, code,
+                            p0, p1, row_bias, i if has_row_bias else -1)
     for jc in range(j_lo, j_hi, NC):  # loop 5: an NC-wide block of columns
         nb = min(NC, j_hi - jc)
         for k0 in range(0, k, KC):  # loop 4: a KC-deep block of K; B~ = B'[k0:k0+kb, jc:jc+nb]
@@ -607,12 +702,13 @@ def _gemm_task(task, a, a_rows, a_cols, a_packed, b, b_rows, b_cols, b_packed, y
                         _micro_kernel(kb, a_panels, a_base + ir * kb, b_panels, b_base + j * kb,
                                       y, (ic + ir) * n + jc + j, n, rows, cols, accumulate, last and finish,
                                       c, (ic + ir) * c_rows + (jc + j) * c_cols, c_rows, c_cols,
-                                      alpha, beta, code, p0, p1)
+                                      alpha, beta, code, p0, p1, row_bias, ic + ir if has_row_bias else -1)
 
 
 @numba.njit(cache=True, inline="always")
-def _finish_row(y, at, count, c, c_at, c_cols, alpha, beta, code, p0, p1):
-    """``y[at:at+count] = act(alpha * y + beta * c)`` lane by lane: only for an empty sum (K = 0)."""
+def _finish_row(y, at, count, c, c_at, c_cols, alpha, beta, code, p0, p1, row_bias, bias_at):
+    """``y[at:at+count] = act(alpha * y + beta * c + row_bias[bias_at])`` lane by lane (no bias when
+    ``bias_at < 0``): only for an empty sum (K = 0)."""
     if alpha != 1.0:
         for s in range(count):
             y[at + s] *= alpha
@@ -624,6 +720,9 @@ def _finish_row(y, at, count, c, c_at, c_cols, alpha, beta, code, p0, p1):
             bias = beta * c[c_at]
             for s in range(count):
                 y[at + s] += bias
+    if bias_at >= 0:
+        for s in range(count):
+            y[at + s] += row_bias[bias_at]
     if code == 1:  # Relu
         for s in range(count):
             y[at + s] = max(y[at + s], np.float32(0.0))
@@ -722,7 +821,7 @@ def _pack_b_all(b, b_rows, b_cols, k, n, out):
 # ============================================================================ Numba: the micro-kernel
 @numba.njit(cache=True, inline="always")  # a call would add atomic reference counts per tile
 def _micro_kernel(kb, a, a_at, b, b_at, y, y_at, ldy, rows, cols, accumulate, finish,
-                  c, c_at, c_rows, c_cols, alpha, beta, code, p0, p1):
+                  c, c_at, c_rows, c_cols, alpha, beta, code, p0, p1, row_bias, bias_at):
     """``Y[0:rows, 0:cols] (+)= (A~ @ B~)[0:rows, 0:cols]`` for one A and one B micro-panel.
 
     The A micro-panel (kb x MR) starts at ``a[a_at]``, the B micro-panel (kb x NR) at
@@ -786,8 +885,9 @@ def _micro_kernel(kb, a, a_at, b, b_at, y, y_at, ldy, rows, cols, accumulate, fi
                 c_low, c_high = vector_load_first(c, c_row, left), vector_load_first(c, c_row + LANES, right)
             else:
                 c_low = c_high = vector_splat(c[c_row])
-            low = _finish_vector(low, c_low, alpha, beta, code, p0, p1)
-            high = _finish_vector(high, c_high, alpha, beta, code, p0, p1)
+            shift = vector_splat(row_bias[bias_at + r]) if bias_at >= 0 else vector_zero()
+            low = _finish_vector(low, c_low, alpha, beta, code, p0, p1, shift, bias_at >= 0)
+            high = _finish_vector(high, c_high, alpha, beta, code, p0, p1, shift, bias_at >= 0)
         vector_store_first(y, at, low, left)
         vector_store_first(y, at + LANES, high, right)
         if finish and (code == SIGMOID or code == TANH):  # no vector exp here: lane by lane
@@ -796,8 +896,8 @@ def _micro_kernel(kb, a, a_at, b, b_at, y, y_at, ldy, rows, cols, accumulate, fi
 
 
 @numba.njit(cache=True, inline="always")
-def _finish_vector(v, addend, alpha, beta, code, p0, p1):
-    """``act(alpha * v + beta * addend)`` on 16 lanes.
+def _finish_vector(v, addend, alpha, beta, code, p0, p1, shift, shifted):
+    """``act(alpha * v + beta * addend (+ shift))`` on 16 lanes.
 
     Only vectors and scalars come in: an array argument would cost an atomic reference
     count per call, far more than the arithmetic.
@@ -806,6 +906,8 @@ def _finish_vector(v, addend, alpha, beta, code, p0, p1):
         v = vector_mul(v, vector_splat(alpha))
     if beta != 0.0:
         v = vector_fma(addend, vector_splat(beta), v)
+    if shifted:
+        v = vector_add(v, shift)
     zero, one = vector_splat(np.float32(0.0)), vector_splat(np.float32(1.0))
     if code == RELU:
         v = vector_max(v, zero)

@@ -24,7 +24,8 @@ import numpy as np
 from ..ir import Node
 from ..ops import OPS
 from .conv import BYTES_PER_SECOND, LAUNCH_SECONDS, pad_planes
-from .registry import named, register_kernel
+from .epilogue import output_buffer
+from .registry import named, register_kernel, writes_into
 
 MAX, AVERAGE = 0, 1
 
@@ -80,6 +81,16 @@ def _build_pool(node, inputs, mode, name):
     scale = np.ascontiguousarray(scale, dtype=np.float32)
     fill = -np.inf if mode == MAX else 0.0
 
+    if mode == MAX:
+        def maxpool(node, x, out=None):
+            y = output_buffer(out, (n, c, out_h, out_w))
+            _maxpool_kernel(np.ascontiguousarray(x, dtype=np.float32), window.pads_begin[0], window.pads_begin[1],
+                            padded_h, padded_w, window.kernel[0], window.kernel[1], window.strides[0],
+                            window.strides[1], window.dilations[0], window.dilations[1], y)
+            return y
+
+        return writes_into(named(maxpool, name))
+
     def pool(node, x):
         padded = pad_planes(x, window.pads_begin[0], window.pads_begin[1], padded_h, padded_w, fill)
         y = np.empty((n, c, out_h, out_w), np.float32)
@@ -134,6 +145,49 @@ def _pool_kernel(padded, padded_w, mode, kernel_h, kernel_w, stride_h, stride_w,
                     factors = scale[oh0 + r]
                     for k in range(out_w):
                         target[k] = line[k] * factors[k]
+
+
+@numba.njit(cache=True, fastmath=True, parallel=True)
+def _maxpool_kernel(x, pad_top, pad_left, padded_h, padded_w, kernel_h, kernel_w, stride_h, stride_w, dilation_h,
+                    dilation_w, y):
+    """Max pooling by separable passes (a max over a box is a max of row maxima), per plane.
+
+    Each input row, padded with -inf, is reduced over the kernel's columns at every position
+    (a vector loop per tap), then sampled at the output columns (one scalar copy per output);
+    an output row is then the max of ``kernel_h`` such rows (vector loops). Padding happens
+    in the row buffer: no padded copy of the input.
+    """
+    n, channels, height, width = x.shape
+    out_h, out_w = y.shape[2], y.shape[3]
+    full = (out_w - 1) * stride_w + 1  # positions whose window an output starts at
+    step = np.uint64(stride_w)
+    for task in numba.prange(n * channels):
+        image, channel = task // channels, task % channels
+        line = np.full(padded_w, -np.inf, np.float32)
+        across = np.empty(full, np.float32)
+        rows = np.empty((padded_h, out_w), np.float32)  # row maxima at the output columns
+        right = min(width, padded_w - pad_left)
+        for r in range(padded_h):
+            source = r - pad_top
+            if source < 0 or source >= height:
+                rows[r, :] = -np.inf
+                continue
+            line[pad_left:pad_left + right] = x[image, channel, source, :right]
+            across[:] = line[:full]
+            for kw in range(1, kernel_w):
+                shifted = line[kw * dilation_w:kw * dilation_w + full]
+                for k in range(full):
+                    across[k] = max(across[k], shifted[k])
+            target = rows[r]
+            for k in range(np.uint64(out_w)):
+                target[k] = across[k * step]
+        for oh in range(out_h):
+            out = y[image, channel, oh]
+            out[:] = rows[oh * stride_h]
+            for kh in range(1, kernel_h):
+                other = rows[oh * stride_h + kh * dilation_h]
+                for k in range(out_w):
+                    out[k] = max(out[k], other[k])
 
 
 # ---------------------------------------------------------------------------- GlobalAveragePool

@@ -29,6 +29,7 @@ from . import (  # noqa: F401  (imported for their registrations)
     math,
     normalization,
     pool,
+    qlinear,
     quantize,
     recurrent,
     reduce,

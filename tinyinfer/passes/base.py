@@ -139,3 +139,8 @@ class PassManager:
 def optimize(graph: Graph, level: str = "O2") -> tuple[Graph, OptimizationReport]:
     """Run the pipeline up to ``level`` on a copy of ``graph``."""
     return PassManager(level).run(graph)
+
+
+# The QDQ folding pass (O2) registers here, before the O1 cleanups: constant folding would
+# otherwise turn each weight's DequantizeLinear into a float weight before it can be folded.
+from . import quantize as _quantize  # noqa: E402,F401
