@@ -75,6 +75,40 @@ def test_dead_code_elimination_removes_unused_branches():
     assert any("dead2" in note for note in dce.notes) and any("dead1" in note for note in dce.notes)
 
 
+def test_common_subexpressions_merge_in_chains_and_keep_outputs_and_random_ops():
+    """Oracle: ONNX Runtime on the original model; the training-mode Dropout twins (random
+    draws) must both stay."""
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t1"], perm=[0, 2, 1], name="transpose_a"),
+        helper.make_node("Transpose", ["x"], ["t2"], perm=[0, 2, 1], name="transpose_b"),
+        helper.make_node("Transpose", ["x"], ["t3"], perm=[2, 1, 0], name="other_perm"),
+        helper.make_node("Relu", ["t1"], ["r1"], name="relu_a"),
+        helper.make_node("Relu", ["t2"], ["r2"], name="relu_b"),  # identical once t2 -> t1
+        helper.make_node("Add", ["r1", "r2"], ["y"], name="add"),
+        helper.make_node("Sigmoid", ["x"], ["s1"], name="sig_a"),
+        helper.make_node("Sigmoid", ["x"], ["s2"], name="sig_b"),  # a graph output: kept
+        helper.make_node("Dropout", ["x", "ratio", "training"], ["u1"], name="rand_a"),
+        helper.make_node("Dropout", ["x", "ratio", "training"], ["u2"], name="rand_b"),
+        helper.make_node("Sub", ["u1", "u2"], ["d"], name="sub"),
+    ]
+    model = _model(nodes, [_f("x", [2, 3, 4])], [_f("y", [2, 4, 3]), _f("t3", [4, 3, 2]), _f("s1", None),
+                                                 _f("s2", None), _f("d", None)],
+                   [helper.make_tensor("ratio", TensorProto.FLOAT, [], [0.5]),
+                    helper.make_tensor("training", TensorProto.BOOL, [], [True])])
+    optimized, report = optimize(ti.load(model), "O1")
+    names = {n.name for n in optimized.nodes}
+    assert "transpose_b" not in names and "relu_b" not in names
+    assert {"other_perm", "sig_a", "sig_b", "rand_a", "rand_b"} <= names
+    cse = [r for r in report.passes if r.name == "common_subexpression_elimination"][0]
+    assert len(cse.notes) == 2
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    got = ti.InferenceSession(optimized, opt_level="O0").run(["y", "t3", "s1", "s2"], {"x": x})
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["y", "t3", "s1", "s2"], {"x": x})
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-6)
+
+
 def test_level_O0_changes_nothing_and_unknown_level_is_an_error():
     nodes = [helper.make_node("Identity", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["y"])]
     graph = ti.load(_model(nodes, [_f("x", [2])], [_f("y", [2])]))

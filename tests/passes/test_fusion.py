@@ -231,12 +231,12 @@ def test_clip_with_run_time_bounds_and_activation_of_shared_conv_output_are_not_
     nodes = [
         helper.make_node("Conv", ["x", "W"], ["c"]),
         helper.make_node("Clip", ["c", "lo"], ["y"]),  # the bound is an input: not known now
-        helper.make_node("Conv", ["x", "W"], ["d"]),
+        helper.make_node("Conv", ["x", "W2"], ["d"]),
         helper.make_node("Relu", ["d"], ["r"]),
         helper.make_node("Neg", ["d"], ["n"]),  # d has two readers
     ]
     model = _model(nodes, [_f("x", [1, 3, 4, 4]), _f("lo", [])], [_f("y", None), _f("r", None), _f("n", None)],
-                   [_w("W", _random(2, 3, 1, 1))])
+                   [_w("W", _random(2, 3, 1, 1)), _w("W2", _random(2, 3, 1, 1))])
     graph = _check(model, {"x": _random(1, 3, 4, 4), "lo": np.array(-0.1, np.float32)})
     assert sorted(_ops(graph)) == ["Clip", "Conv", "Conv", "Neg", "Relu"]
 

@@ -3,7 +3,9 @@
 * constant folding — a node whose inputs are all known before running (weights, static
   shapes) is computed once, now, and replaced by its result;
 * identity elimination — Identity, and Dropout outside training, pass their input through;
-* dead-code elimination — nodes whose outputs nobody reads, and unused weights, go.
+* dead-code elimination — nodes whose outputs nobody reads, and unused weights, go;
+* common-subexpression elimination — two nodes with the same op, attributes and inputs
+  compute the same value: the second goes, its readers read the first's result.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 from .. import ops
 from ..ir import Graph
 from .base import register_pass
-from .rewrite import bypass
+from .rewrite import bypass, rename_uses
 
 
 @register_pass("constant_folding", "O1")
@@ -82,3 +84,38 @@ def eliminate_dead_code(graph: Graph) -> list[str]:
             del graph.initializers[name]
             notes.append(f"removed unused weight '{name}'")
     return notes
+
+
+@register_pass("common_subexpression_elimination", "O1")
+def eliminate_common_subexpressions(graph: Graph) -> list[str]:
+    """Merge nodes that compute the same op with the same attributes on the same inputs.
+
+    Local value numbering over the topological order: renaming as it goes, a merge upstream
+    makes the nodes downstream identical too, and they merge in the same walk. Random ops
+    (two calls differ) and nodes with subgraphs are left alone; so is a duplicate whose
+    output is a graph output, since that name must stay.
+    """
+    seen: dict[tuple, object] = {}
+    outputs = set(graph.output_names)
+    notes = []
+    for node in graph.topological_order():
+        if node.subgraphs() or not node.outputs or not getattr(ops.get_op(node), "deterministic", True):
+            continue
+        key = (node.domain, node.op_type, node.version, tuple(node.inputs),
+               tuple(sorted((name, _frozen(value)) for name, value in node.attrs.items())))
+        first = seen.setdefault(key, node)
+        if first is node or any(name in outputs for name in node.outputs):
+            continue
+        for old, new in zip(node.outputs, first.outputs):
+            if old and new:
+                rename_uses(graph, old, new)
+        graph.nodes.remove(node)
+        notes.append(f"{node.op_type} '{node.name}' computes what '{first.name}' does: merged")
+    return notes
+
+
+def _frozen(value) -> str:
+    """A hashable, exact spelling of an attribute value (arrays by dtype, shape and bytes)."""
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype.str}{value.shape}{value.tobytes().hex()}"
+    return repr(value)
