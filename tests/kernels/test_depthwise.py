@@ -22,11 +22,6 @@ from tinyinfer.ops.base import prepare_node
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 
 
-@pytest.fixture(autouse=True)
-def private_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("TINYINFER_CACHE_DIR", str(tmp_path))
-
-
 def make_depthwise(n, channels, height, width, kernel, stride, pads, *, residual=False, activation=None, params=None,
                    bias=True, seed=0, **attrs):
     rng = np.random.default_rng(seed)

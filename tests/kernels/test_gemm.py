@@ -28,12 +28,6 @@ EPS32 = float(np.finfo(np.float32).eps)
 SIZES = (1, 3, 7, 17, 63, 64, 65, 127, 200)
 
 
-@pytest.fixture(autouse=True)
-def private_cache(monkeypatch, tmp_path):
-    """Kernel choices go to a temporary directory, never to a developer's cache."""
-    monkeypatch.setenv("TINYINFER_CACHE_DIR", str(tmp_path))
-
-
 def _close(got, a, b, extra=None, scale=1.0):
     """Assert ``got`` is ``a @ b`` (+ extra) within the float32 summation bound (module docstring)."""
     a64, b64 = a.astype(np.float64), b.astype(np.float64)

@@ -24,11 +24,6 @@ from tinyinfer.ops.base import prepare_node
 LSB = 1
 
 
-@pytest.fixture(autouse=True)
-def private_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("TINYINFER_CACHE_DIR", str(tmp_path))
-
-
 def make_qconv(x_shape, m, kernel, *, stride=1, pads=(0, 0, 0, 0), dilation=1, per_channel=False, w_zero=0,
                y_dtype=np.uint8, bias=True, group=1, seed=0, auto_pad="NOTSET"):
     """A prepared QLinearConv node, its input Values (constants filled) and arrays."""

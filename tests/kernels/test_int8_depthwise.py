@@ -22,11 +22,6 @@ from tinyinfer.ops.base import prepare_node
 LSB = 1
 
 
-@pytest.fixture(autouse=True)
-def private_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("TINYINFER_CACHE_DIR", str(tmp_path))
-
-
 def make_depthwise(x_shape, kernel, stride, pads, dilation=1, *, per_channel=False, w_zero=0, y_dtype=np.uint8,
                    seed=0):
     rng = np.random.default_rng(seed)

@@ -25,11 +25,6 @@ from tinyinfer.ops.base import prepare_node
 DOMAIN = "ai.tinyinfer"
 
 
-@pytest.fixture(autouse=True)
-def private_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("TINYINFER_CACHE_DIR", str(tmp_path))
-
-
 def _random(rng, shape, dtype):
     info = np.iinfo(dtype)
     return rng.integers(info.min, info.max + 1, shape).astype(dtype)

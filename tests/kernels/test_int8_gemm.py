@@ -25,11 +25,6 @@ from tinyinfer.ops import OPS
 LSB = 1
 
 
-@pytest.fixture(autouse=True)
-def private_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("TINYINFER_CACHE_DIR", str(tmp_path))
-
-
 def _operands(rng, m, n, k, per_column):
     a = rng.integers(0, 256, (m, k), dtype=np.uint8)
     b = rng.integers(-127, 128, (k, n), dtype=np.int8)

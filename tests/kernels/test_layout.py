@@ -25,11 +25,6 @@ DOMAIN = "ai.tinyinfer"
 SHAPES = [(1, 1, 1, 1), (1, 3, 5, 7), (2, 8, 4, 4), (1, 13, 3, 2), (2, 17, 6, 5), (1, 16, 2, 9)]
 
 
-@pytest.fixture(autouse=True)
-def private_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("TINYINFER_CACHE_DIR", str(tmp_path))
-
-
 def _random(shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 

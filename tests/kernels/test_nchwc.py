@@ -27,11 +27,6 @@ DOMAIN = "ai.tinyinfer"
 CONV = OPS[(DOMAIN, "ConvNCHWc")]
 
 
-@pytest.fixture(autouse=True)
-def private_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("TINYINFER_CACHE_DIR", str(tmp_path))
-
-
 def _close(got, expected, rtol=1e-4):
     np.testing.assert_allclose(got, expected, rtol=rtol, atol=1e-5 * max(float(np.abs(expected).max()), 1e-6))
 

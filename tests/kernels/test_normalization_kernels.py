@@ -19,11 +19,6 @@ from tinyinfer.ops import OPS
 from tinyinfer.ops.base import prepare_node
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TINYINFER_CACHE_DIR", str(tmp_path))
-
-
 def _node(op_type, inputs, outputs=("y",), **attrs):
     node = Node(op_type, list(inputs), list(outputs), attrs, "", "n")
     prepare_node(node, 15)

@@ -23,22 +23,6 @@ from tinyinfer.ops import OPS
 from tinyinfer.ops.base import prepare_node
 
 
-@pytest.fixture(autouse=True)
-def private_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("TINYINFER_CACHE_DIR", str(tmp_path))
-
-
-@pytest.fixture
-def only_this_chapters_kernels(monkeypatch):
-    """Keep only the kernels of conv, winograd, depthwise, pool (and gemm) registered, so the
-    session tests see which of *these* the runtime picks, whatever other modules add."""
-    from tinyinfer.kernels import registry
-
-    modules = {f"tinyinfer.kernels.{name}" for name in ("conv", "winograd", "depthwise", "pool", "gemm")}
-    kept = {key: [k for k in kernels if k.build.__module__ in modules] for key, kernels in registry.KERNELS.items()}
-    monkeypatch.setattr(registry, "KERNELS", kept)
-
-
 def make_pool(op_type, x_shape, seed=0, outputs=("y",), **attrs):
     node = Node(op_type, ["x"], list(outputs), attrs, "", op_type.lower())
     prepare_node(node, 22)

@@ -27,22 +27,6 @@ from tinyinfer.ops.base import prepare_node
 TOLERANCE = {2: dict(rtol=1e-4, atol=1e-4), 4: dict(rtol=2e-4, atol=2e-4)}
 
 
-@pytest.fixture(autouse=True)
-def private_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("TINYINFER_CACHE_DIR", str(tmp_path))
-
-
-@pytest.fixture
-def only_this_chapters_kernels(monkeypatch):
-    """Keep only the kernels of conv, winograd, depthwise, pool (and gemm) registered, so the
-    session tests see which of *these* the runtime picks, whatever other modules add."""
-    from tinyinfer.kernels import registry
-
-    modules = {f"tinyinfer.kernels.{name}" for name in ("conv", "winograd", "depthwise", "pool", "gemm")}
-    kept = {key: [k for k in kernels if k.build.__module__ in modules] for key, kernels in registry.KERNELS.items()}
-    monkeypatch.setattr(registry, "KERNELS", kept)
-
-
 def make_conv(x_shape, out_channels, *, pads=(1, 1, 1, 1), bias=True, residual=False, activation=None, params=None,
               seed=0, **attrs):
     rng = np.random.default_rng(seed)
