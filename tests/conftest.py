@@ -31,25 +31,12 @@ def pytest_configure(config):
             f"ex{number}: graded test of exercise {number} of a chapter (tests/exercises; "
             f"select with -m ex{number})",
         )
-    # Chapter 02 marks its graded tests ch02_ex1 ... as well, so that one chapter's exercise
-    # can be picked from the whole of tests/exercises.
-    for number in range(1, 5):
-        config.addinivalue_line(
-            "markers",
-            f"ch02_ex{number}: graded test of chapter 02's exercise {number} (select with -m ch02_ex{number})",
-        )
-    for number in range(1, 4):  # chapter 04 (converter), likewise
-        config.addinivalue_line(
-            "markers",
-            f"ch04_ex{number}: graded test of chapter 04's exercise {number} (select with -m ch04_ex{number})",
-        )
-    for number in range(1, 5):  # chapter 05 (optimizer), likewise
-        config.addinivalue_line(
-            "markers",
-            f"ch05_ex{number}: graded test of chapter 05's exercise {number} (select with -m ch05_ex{number})",
-        )
-    for number in range(1, 5):  # chapter 06 (kernels), likewise
-        config.addinivalue_line(
-            "markers",
-            f"ch06_ex{number}: graded test of chapter 06's exercise {number} (select with -m ch06_ex{number})",
-        )
+    # Each chapter marks its graded tests chNN_exK as well (ch02_ex1 ...), so that one chapter's
+    # exercise can be picked from the whole of tests/exercises with -m chNN_exK.
+    for chapter in ("01", "02", "03a", "03b", "04", "05", "06"):
+        for number in range(1, 7):
+            config.addinivalue_line(
+                "markers",
+                f"ch{chapter}_ex{number}: graded test of chapter {chapter}'s exercise {number} "
+                f"(select with -m ch{chapter}_ex{number})",
+            )

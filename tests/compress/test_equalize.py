@@ -24,7 +24,7 @@ from tinyinfer.compress.equalize import (
     per_channel_int8,
     snr_db,
 )
-from tinyinfer.compress.quantize import fake_quantize, params_from_tensor
+from tinyinfer.compress.affine import fake_quantize, params_from_tensor
 from tinyinfer.errors import TinyInferError
 
 
@@ -279,7 +279,7 @@ def test_bad_mode_raises():
 # ------------------------------------------------------------------ bias correction
 def _four_bit_per_tensor(w: np.ndarray) -> np.ndarray:
     """A coarse quantizer, so the weight error's mean effect is large enough to see."""
-    from tinyinfer.compress.quantize import INT4
+    from tinyinfer.compress.affine import INT4
 
     return fake_quantize(w, params_from_tensor(w, INT4))
 

@@ -1,4 +1,4 @@
-"""The affine map of tinyinfer.compress.quantize, checked against ONNX itself.
+"""The affine map of tinyinfer.compress.affine, checked against ONNX itself.
 
 Oracles: onnx.reference and ONNX Runtime running one-node QuantizeLinear / DequantizeLinear
 models (per tensor and per axis; int8/uint8 at opset 19, int4/uint4 at opset 21, the first
@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnxruntime.quantization import quant_utils
 
-from tinyinfer.compress.quantize import (
+from tinyinfer.compress.affine import (
     INT4,
     UINT4,
     QuantParams,

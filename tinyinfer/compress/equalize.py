@@ -44,7 +44,7 @@ import numpy as np
 from ..errors import TinyInferError
 from ..ir import Graph, Node
 from ..ops import prepare_node
-from .quantize import fake_quantize, params_from_tensor
+from .affine import fake_quantize, params_from_tensor
 
 #: Activations f with f(z / s) = f(z) / s for every s > 0: nothing to change when equalizing.
 HOMOGENEOUS_ACTIVATIONS = ("Relu", "LeakyRelu", "PRelu")

@@ -485,7 +485,7 @@ class _Plan:
 
     def parameters(self, graph: Graph, ranges: dict[str, tuple[float, float]], dtype: np.dtype) -> dict[str, Any]:
         """One QuantParams per quantized tensor; group mates get the union of their ranges."""
-        from .quantize import compute_params
+        from .affine import compute_params
 
         group_range: dict[str, tuple[float, float]] = {}
         for name in self.activation_names(graph) + [t for t in self.tensors if t in graph.initializers]:
@@ -682,7 +682,7 @@ class _QuantizedWeight:
 
 def _quantize_weights(graph: Graph, plan: _Plan, params: dict, per_channel: bool) -> dict[str, _QuantizedWeight]:
     """Symmetric int8 weights (per output channel or per tensor), then int32 biases."""
-    from .quantize import compute_params, quantize
+    from .affine import compute_params, quantize
 
     weights: dict[str, _QuantizedWeight] = {}
     for name, axis in plan.weights.items():
@@ -735,7 +735,7 @@ def _insert_qdq(graph: Graph, plan: _Plan, params: dict, weights: dict[str, _Qua
         scale = constant(f"{name}_scale", np.asarray(p.scale, np.float32).reshape(()))
         zero = constant(f"{name}_zero_point", np.asarray(p.zero_point).reshape(()))
         if name in graph.initializers:  # a constant activation (Add's operand): stored quantized
-            from .quantize import quantize
+            from .affine import quantize
 
             stored = constant(f"{name}_quantized", np.asarray(quantize(graph.initializers[name], p)))
         else:
@@ -834,7 +834,7 @@ def quantize_dynamic(
 
 
 def _rewrite_dynamic(graph: Graph, wanted: frozenset[str], per_channel: bool, report: QuantizationReport) -> Graph:
-    from .quantize import compute_params, quantize
+    from .affine import compute_params, quantize
 
     graph = graph.copy()
     opset = graph.opset_of("")
