@@ -173,3 +173,11 @@ def test_constant_inputs_are_folded_during_inference():
     a, b = Initializer(np.array([1.0, 2.0], np.float32)), Initializer(np.array([3.0, 4.0], np.float32))
     (value,) = infer_outputs("Add", [a, b], opset=14)
     np.testing.assert_array_equal(value.const, [4.0, 6.0])
+
+
+def test_elementwise_ops_name_the_module_that_defines_them():
+    """Ops made by base.elementwise() report their defining module, not ops.base."""
+    from tinyinfer.ops.base import OPS
+
+    assert type(OPS[("", "Abs")]).__module__ == "tinyinfer.ops.elementwise"
+    assert type(OPS[("", "Abs")]).__name__ == "Abs"

@@ -15,7 +15,7 @@ their spec defaults, then provides two methods:
 from __future__ import annotations
 
 import abc
-
+import sys
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -269,5 +269,8 @@ def elementwise(op_type: str, fn: Callable, *, since: int = 1, attributes: dict 
     Elementwise.since = since
     Elementwise.attributes = dict(attributes or {})
     Elementwise.__name__ = Elementwise.__qualname__ = op_type
+    # The module that called elementwise() defines the op (so docs and `sess.profile()` name
+    # tinyinfer.ops.elementwise, not tinyinfer.ops.base).
+    Elementwise.__module__ = sys._getframe(1).f_globals.get("__name__", __name__)
     Elementwise.__doc__ = (fn.__doc__ or "").strip() or f"Elementwise {op_type}."
     return register(Elementwise)
