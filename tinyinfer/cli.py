@@ -387,7 +387,7 @@ def _bench(args) -> int:
     if args.gemm:
         record["gemm"] = _bench_gemm(args)
     if args.dispatch:
-        from .runtime.bench import benchmark_dispatch, format_dispatch
+        from .runtime.microbench import benchmark_dispatch, format_dispatch
 
         record["dispatch"] = benchmark_dispatch(nodes=args.nodes)
         print(format_dispatch(record["dispatch"]))
@@ -469,7 +469,7 @@ def _suite_specs(suite: str) -> list[str]:
 
 
 def _bench_gemm(args) -> list[dict]:
-    from .runtime.bench import conv_gemm_shapes, format_gemm_table, gemm_table
+    from .runtime.microbench import conv_gemm_shapes, format_gemm_table, gemm_table
 
     threads = _int_list(args.threads, "--threads", default=(1, 2))
     sizes = _int_list(args.gemm_sizes, "--gemm-sizes", default=())

@@ -1,4 +1,4 @@
-"""The benchmark harness (tinyinfer.runtime.bench): what it runs, checks and writes.
+"""The benchmark harness (tinyinfer.runtime.bench and .microbench): what it runs, checks and writes.
 
 Speeds are never asserted (machines are noisy); these tests check that every engine runs,
 that disagreements are reported, and that the table, the JSON record and the figure exist.
@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tinyinfer import InferenceSession
-from tinyinfer.runtime import bench
+from tinyinfer.runtime import bench, microbench
 
 FAST = dict(repeat=1, budget=0.0, warmup=0)
 
@@ -159,12 +159,12 @@ def test_compare_outputs_scales_the_absolute_tolerance():
 
 
 def test_gemm_table_with_tiny_sizes():
-    rows = bench.gemm_table((16, 24), [(8, 40, 24, "toy conv")], threads=(1,), repeats=1, naive_up_to=16)
+    rows = microbench.gemm_table((16, 24), [(8, 40, 24, "toy conv")], threads=(1,), repeats=1, naive_up_to=16)
     assert [(r["m"], r["n"], r["k"]) for r in rows] == [(16, 16, 16), (24, 24, 24), (8, 40, 24)]
     assert rows[0]["naive"] > 0 and "naive" not in rows[1]
     for row in rows:
         assert row["gemm_1t"] > 0 and row["gemm_prepacked_a_1t"] > 0 and row["blas_1t"] > 0
-    text = bench.format_gemm_table(rows, (1,))
+    text = microbench.format_gemm_table(rows, (1,))
     assert "toy conv" in text and "packed 1t" in text and "BLAS 1t" in text
 
 
@@ -175,13 +175,13 @@ def test_conv_gemm_shapes_are_im2col_products():
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    assert bench.conv_gemm_shapes(model) == [(4, 64, 27, "1 x 3x3 conv")]
+    assert microbench.conv_gemm_shapes(model) == [(4, 64, 27, "1 x 3x3 conv")]
 
 
 def test_dispatch_benchmark_runs():
-    result = bench.benchmark_dispatch(nodes=6, runs=2)
+    result = microbench.benchmark_dispatch(nodes=6, runs=2)
     assert set(result["backends"]) == {"reference", "numba"}
     for numbers in result["backends"].values():
         assert numbers["planned_nodes"] == 6 and numbers["run_us"] > 0
     assert result["direct_us"] > 0
-    assert "us per node" in bench.format_dispatch(result)
+    assert "us per node" in microbench.format_dispatch(result)
