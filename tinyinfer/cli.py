@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", metavar="SET", help="light, zoo, all, or comma-separated MODELs: the suite table")
     p.add_argument("--gemm", action="store_true", help="GFLOP/s of the packed GEMM, naive and NumPy BLAS")
     p.add_argument("--dispatch", action="store_true", help="per-node dispatch overhead on a chain of tiny nodes")
+    p.add_argument("--by-op", action="store_true",
+                   help="MODEL: where the time goes, per op family, tinyinfer numba vs ONNX Runtime (both profilers)")
     p.add_argument("--repeat", type=int, default=None, help="timed runs per engine (default 10; suite 5; GEMM 5)")
     p.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 2; suite 1 after the first)")
     p.add_argument("--dim", action="append", default=[], metavar="SYMBOL=SIZE", help="size of a symbolic dim")
@@ -380,7 +382,9 @@ def _bench(args) -> int:
         raise TinyInferError("bench needs a MODEL, --suite SET, --gemm or --dispatch (see tinyinfer bench -h)")
     record: dict = {}
     status = 0
-    if args.model and not args.suite:
+    if args.model and args.by_op:
+        record["by_op"] = [_bench_by_op(args, spec) for spec in args.model]
+    elif args.model and not args.suite:
         record["models"] = [_bench_model(args, spec) for spec in args.model]
     if args.suite:
         record["suite"], status = _bench_suite(args)
@@ -401,6 +405,21 @@ def _bench(args) -> int:
         except OSError as exc:
             raise TinyInferError(f"cannot write '{args.json}': {exc}") from None
     return status
+
+
+def _bench_by_op(args, spec: str) -> dict:
+    import dataclasses
+
+    from .runtime.compare import time_by_op_table, time_by_op_vs_onnxruntime
+
+    threads = _int_list(args.threads, "--threads", default=(2,))
+    if len(threads) != 1:
+        raise TinyInferError(f"bench --by-op takes one --threads count, got {args.threads!r}")
+    row = time_by_op_vs_onnxruntime(resolve_model(spec), name=spec, threads=threads[0],
+                                    runs=20 if args.repeat is None else args.repeat,
+                                    warmup=5 if args.warmup is None else args.warmup)
+    print(time_by_op_table(row))
+    return dataclasses.asdict(row)
 
 
 def _bench_model(args, spec: str) -> dict:

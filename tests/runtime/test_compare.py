@@ -1,4 +1,5 @@
-"""tinyinfer.runtime.compare: node counts after tinyinfer's passes next to ONNX Runtime's.
+"""tinyinfer.runtime.compare: node counts after tinyinfer's passes next to ONNX Runtime's, and
+where each engine's time goes per op family.
 
 The ONNX Runtime column is checked against a count made here the documented way (a session
 at ORT_ENABLE_EXTENDED writing its graph to ``optimized_model_filepath``); the tinyinfer
@@ -19,7 +20,8 @@ from tinyinfer.cli import main
 from tinyinfer.errors import TinyInferError
 from tinyinfer.models import load_light_model
 from tinyinfer.passes import PassManager
-from tinyinfer.runtime.compare import NodeCountRow, node_count_table, node_counts_vs_onnxruntime, onnxruntime_node_count
+from tinyinfer.runtime.compare import (NodeCountRow, node_count_table, node_counts_vs_onnxruntime, onnxruntime_node_count,
+                                       op_family, time_by_op_table, time_by_op_vs_onnxruntime)
 
 NAMES = ("squeezenet", "shufflenet")
 
@@ -112,3 +114,48 @@ def test_cli_light_all_needs_compare_ort_and_no_output_and_a_model_needs_an_outp
     assert main(["optimize", "light:squeezenet"]) == 1
     err = capsys.readouterr().err
     assert "--compare-ort" in err and "needs an output file" in err
+
+
+def conv_pool_model() -> onnx.ModelProto:
+    """Conv -> Relu -> MaxPool -> Concat with itself: one op of four families."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Concat", ["p", "p"], ["y"], axis=1)]
+    graph = helper.make_graph(nodes, "conv_pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_op_families_group_fused_and_standard_names():
+    assert op_family("Conv") == op_family("FusedConv") == op_family("QLinearConv") == "conv"
+    assert op_family("Gemm") == op_family("FusedMatMul") == "gemm"
+    assert op_family("ReorderInput") == op_family("ToBlocked") == "layout"
+    assert op_family("HardSwish") == "elementwise"
+
+
+def test_time_by_op_profiles_both_engines_per_family():
+    row = time_by_op_vs_onnxruntime(conv_pool_model(), name="conv_pool", backend="reference", threads=1,
+                                    runs=3, warmup=1)
+    assert row.model == "conv_pool" and row.runs == 3
+    # tinyinfer's O2 fuses Relu into the conv: conv, pool and concat remain, each timed.
+    assert {"conv", "pool", "concat/split"} <= set(row.tinyinfer_ms)
+    assert {"conv", "pool", "concat/split"} <= set(row.onnxruntime_ms)
+    assert all(ms >= 0 for ms in [*row.tinyinfer_ms.values(), *row.onnxruntime_ms.values()])
+    # Node time is part of the run time (the rest is overhead), on both engines.
+    assert sum(row.tinyinfer_ms.values()) <= row.tinyinfer_run_ms * 1.05
+    assert sum(row.onnxruntime_ms.values()) <= row.onnxruntime_run_ms * 1.05
+    assert row.tinyinfer_nodes == 3 and row.onnxruntime_nodes >= 3
+    table = time_by_op_table(row)
+    assert "conv_pool" in table and "(overhead)" in table and "pool" in table
+
+
+def test_cli_bench_by_op_prints_the_family_table(tmp_path, capsys):
+    path = tmp_path / "conv_pool.onnx"
+    onnx.save(conv_pool_model(), str(path))
+    assert main(["bench", str(path), "--by-op", "--threads", "1", "--repeat", "2", "--warmup", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "family" in text and "conv" in text and "ORT ms" in text
