@@ -3,11 +3,12 @@
     tinyinfer info MODEL [--layers]      inputs, outputs, parameters, MACs, FLOPs, memory, op histogram
     tinyinfer run MODEL [--input x=a.npy] [--output out.npz]
     tinyinfer conformance [--op Conv] [-v]
-    tinyinfer bench MODEL...             tinyinfer vs ONNX Runtime (and onnx.reference), one run
+    tinyinfer bench MODEL...             tinyinfer vs ONNX Runtime (and onnx.reference), one run; --by-op
     tinyinfer bench --suite light|zoo|all   reference, numba, ONNX Runtime x batch x threads; --gemm; --dispatch
     tinyinfer zoo list                   the zoo's networks, our parameters and MACs next to their papers'
     tinyinfer zoo export NAME OUT.onnx   build a zoo network (--width, --resolution, --seed) and save it
     tinyinfer quantize MODEL OUT.onnx    int8 post-training quantization (--mode static|dynamic, --calibration calib.npz)
+    tinyinfer prune MODEL OUT.onnx --ratio R   remove weights or channels (--method magnitude|l1-channel|bn-scale)
 
 MODEL is an .onnx path, ``light:NAME`` (a light model shipped with onnx) or ``zoo:NAME`` (a zoo
 network at its paper's configuration).
@@ -144,6 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bias-correction", action="store_true", help="correct biases for the weights' quantization error")
     p.add_argument("--seed", type=int, default=0, help="seed of random calibration samples")
     p.set_defaults(handler=_quantize)
+
+    p = sub.add_parser("prune", help="remove weights (magnitude) or whole conv channels (l1-channel, bn-scale)")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("output", metavar="OUT.onnx")
+    p.add_argument("--method", choices=["magnitude", "l1-channel", "bn-scale"], default="l1-channel",
+                   help="magnitude: zero the smallest weights; l1-channel / bn-scale: remove the channels with the "
+                        "smallest filter L1 norm / BatchNorm scale, shrinking the model (default l1-channel)")
+    p.add_argument("--ratio", type=float, required=True, help="share of weights or channels removed, in (0, 1)")
+    p.add_argument("--scope", choices=["layer", "global"], default="layer",
+                   help="magnitude: one threshold per layer (default) or one for the whole model")
+    p.add_argument("--emit-masked", metavar="MASKED.onnx",
+                   help="channel methods: also write the same-size model with the pruned channels zeroed")
+    p.set_defaults(handler=_prune)
     return parser
 
 
@@ -574,3 +588,14 @@ def _quantize(args) -> int:
     print(report.table())
     print(f"saved {args.output}")
     return 0
+
+
+def _prune(args) -> int:
+    from .compress.prune import prune
+
+    report = prune(resolve_model(args.model), args.output, method=args.method, ratio=args.ratio,
+                   scope=args.scope, masked_out=args.emit_masked)
+    print(report.table())
+    print(f"saved {args.output}" + (f" and {args.emit_masked}" if args.emit_masked else ""))
+    return 0
+
