@@ -28,7 +28,7 @@ import tinyinfer as ti
 from tinyinfer import ops
 from tinyinfer.errors import InvalidAttributeError, InvalidGraphError, ModelLoadError, TinyInferError
 from tinyinfer.frontend import load_onnx
-from tinyinfer.ir import Graph, Node, Value, dtypes
+from tinyinfer.ir import Graph, Node, Value, dtypes, serialize
 from tinyinfer.ir.serialize import (
     MAGIC,
     is_tinf,
@@ -529,6 +529,51 @@ def first_tensor(change):
 def test_inconsistent_headers_are_refused_before_any_view(good, mutate, message):
     with pytest.raises(ModelLoadError, match=message):
         load_tinf_bytes(with_header(good, mutate))
+
+
+def last_tensor(change):
+    return lambda header: change(header["tensors"][-1])
+
+
+def last_node(change):
+    return lambda header: change(header["nodes"][-1])
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (last_tensor(lambda t: t.update(offset=t["offset"] + 8)), "tensor 'zero.value' starts at data offset"),
+        (last_tensor(lambda t: t.update(shape=[True])), "tensor 'zero.value': 'shape'\\[0\\] should be a non-negative"),
+        (last_tensor(lambda t: t.update(nbytes=2**70)), "tensor 'zero.value' claims 1180591620717411303424 bytes"),
+        (last_node(lambda n: n["inputs"].append(7)), "node #6 \\(Where\\): 'inputs'\\[3\\] should be a string"),
+        (last_node(lambda n: n.update(version=-1)), "node #6 \\(Where\\): 'version' should be a non-negative"),
+        (last_node(lambda n: n.pop("domain")), "node #6 \\(Where\\) has no 'domain'"),
+        (last_node(lambda n: n["attrs"].update(k={"ints": [1, 2.5]})), "attribute 'k'\\[1\\] should be an integer"),
+        (last_node(lambda n: n["attrs"].update(k={"floats": [1, "x"]})), "attribute 'k'\\[1\\] should be a number"),
+    ],
+)
+def test_a_fault_in_the_last_entry_is_named(good, mutate, message):
+    # The tables are checked a column at a time; a fault anywhere in a column sends the
+    # reader entry by entry, and the message must name the entry and field, as for the first.
+    with pytest.raises(ModelLoadError, match=message):
+        load_tinf_bytes(with_header(good, mutate))
+
+
+def test_column_checks_build_what_the_entry_by_entry_reader_builds(squeezenet):
+    header = read_tinf_header(squeezenet[1])
+    reader = serialize._HeaderReader(header, "squeezenet")
+    by_column = serialize._numeric_tensors(header["tensors"], header["data_nbytes"])
+    assert by_column is not None, "a well-formed table passes the column checks"
+    by_entry = [reader.tensor(entry, i, header["data_nbytes"]) for i, entry in enumerate(header["tensors"])]
+    assert by_column == by_entry
+    assert serialize._node_columns_are_well_formed(header["nodes"])
+    reader.tensor_count = len(by_entry)
+    nodes = reader.nodes(header["nodes"])
+    for index, (entry, node) in enumerate(zip(header["nodes"], nodes)):
+        want = reader.node(entry, index)
+        assert (node.op_type, node.inputs, node.outputs, node.domain, node.name, node.version) == \
+            (want.op_type, want.inputs, want.outputs, want.domain, want.name, want.version)
+        assert node.attrs == want.attrs
 
 
 def test_headers_that_are_not_json_objects(good):
