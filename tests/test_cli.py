@@ -74,7 +74,8 @@ def test_wrong_input_dtype_is_reported(model_path, tmp_path, capsys):
 def test_bench_reports_both_engines_and_agreement(model_path, capsys):
     assert main(["bench", str(model_path), "--repeat", "3", "--warmup", "1", "--onnx-reference"]) == 0
     text = capsys.readouterr().out
-    assert "tinyinfer (reference)" in text and "onnxruntime" in text and "onnx.reference" in text
+    assert "tinyinfer (reference)" in text and "tinyinfer (numba)" in text and "onnxruntime" in text
+    assert "onnx.reference" in text
 
 
 def test_conformance_subset_counts_passes(capsys):

@@ -90,7 +90,16 @@ class BenchReport:
                 + (f"  {r.note}" if r.note else "")
             )
         lines.append("(vs tinyinfer > 1 means that engine is faster than tinyinfer's reference path)")
+        for engine in ("tinyinfer", "onnxruntime"):  # a quantized model next to its float twin
+            int8 = self._timed(lambda name: name.startswith(engine) and "reference" not in name and "twin" not in name)
+            fp32 = self._timed(lambda name: name.startswith(f"{engine} fp32 twin"))
+            if int8 and fp32:
+                ratio = int8.median_ms / fp32.median_ms
+                lines.append(f"int8 / fp32 latency on {engine}: {ratio:.2f}")
         return "\n".join(lines)
+
+    def _timed(self, wanted: Callable[[str], bool]) -> EngineResult | None:
+        return next((r for r in self.results if r.times_ms and wanted(r.engine)), None)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -152,13 +161,22 @@ def benchmark_model(
     dims: dict[str, int] | None = None,
     threads: int = 0,
     onnx_reference: bool = False,
+    numba: bool = True,
     budget_s: float = 60.0,
     seed: int = 0,
     progress=None,
 ) -> BenchReport:
-    """Time tinyinfer (reference), ONNX Runtime and optionally onnx.reference on one model."""
+    """Time one model on tinyinfer's reference path, its Numba path, ONNX Runtime and optionally
+    onnx.reference, on the same random feeds; every engine's outputs are compared with the
+    reference path's.
+
+    A quantized (QDQ) model is also timed as its float twin (:func:`tinyinfer.compress.qdq.float_twin`:
+    the same weights, dequantized, and no activation quantization) on tinyinfer's Numba path and
+    ONNX Runtime, so the report shows what int8 buys on each engine.
+    """
     import onnx
 
+    from ..compress.qdq import float_twin, is_qdq_model
     from ..frontend import to_onnx
 
     graph = load(model)
@@ -168,41 +186,40 @@ def benchmark_model(
     session = InferenceSession(graph)
     feeds = random_feeds(session.get_inputs(), seed=seed, dims=dims)
     expected = session.run(None, feeds)
-    results = [
-        EngineResult(
-            "tinyinfer (reference)",
-            time_calls(lambda: session.run(None, feeds), repeat=repeat, warmup=warmup, budget_s=budget_s,
-                       progress=progress, desc="tinyinfer"),
-        )
-    ]
+
+    def timed(label: str, run: Callable[[], Any], note: str = "", first: Any = None) -> EngineResult:
+        got = run() if first is None else first
+        return EngineResult(label, time_calls(run, repeat=repeat, warmup=warmup, budget_s=budget_s, progress=progress,
+                                              desc=label), max_abs_diff=_max_diff(expected, got), note=note)
+
+    results = [EngineResult("tinyinfer (reference)",
+                            time_calls(lambda: session.run(None, feeds), repeat=repeat, warmup=warmup, budget_s=budget_s,
+                                       progress=progress, desc="tinyinfer"))]
+    twin = float_twin(proto) if is_qdq_model(proto) else None
+    if numba:
+        fast = InferenceSession(graph, backend="numba", threads=threads or None)
+        results.append(timed("tinyinfer (numba)", lambda: fast.run(None, feeds)))
+        if twin is not None:
+            fast_twin = InferenceSession(twin, backend="numba", threads=threads or None)
+            results.append(timed("tinyinfer fp32 twin (numba)", lambda: fast_twin.run(None, feeds), "QDQ removed"))
     try:
         import onnxruntime as ort
     except ImportError:
         results.append(EngineResult("onnxruntime", [], note="not installed (pip install tinyinfer[dev])"))
     else:
         ort_session = _ort_session(proto, threads)
-        got = ort_session.run(None, feeds)
-        results.append(
-            EngineResult(
-                f"onnxruntime {ort.__version__}",
-                time_calls(lambda: ort_session.run(None, feeds), repeat=repeat, warmup=warmup, budget_s=budget_s,
-                           progress=progress, desc="onnxruntime"),
-                max_abs_diff=_max_diff(expected, got),
-            )
-        )
+        results.append(timed(f"onnxruntime {ort.__version__}", lambda: ort_session.run(None, feeds)))
+        if twin is not None:
+            ort_twin = _ort_session(twin, threads)
+            results.append(timed("onnxruntime fp32 twin", lambda: ort_twin.run(None, feeds), "QDQ removed"))
     if onnx_reference:
         from onnx.reference import ReferenceEvaluator
 
         evaluator = ReferenceEvaluator(proto)
-        got = evaluator.run(None, feeds)
-        results.append(
-            EngineResult(
-                "onnx.reference",
-                time_calls(lambda: evaluator.run(None, feeds), repeat=repeat, warmup=0, budget_s=budget_s,
-                           progress=progress, desc="onnx.reference"),
-                max_abs_diff=_max_diff(expected, got),
-            )
-        )
+        results.append(EngineResult("onnx.reference",
+                                    time_calls(lambda: evaluator.run(None, feeds), repeat=repeat, warmup=0,
+                                               budget_s=budget_s, progress=progress, desc="onnx.reference"),
+                                    max_abs_diff=_max_diff(expected, evaluator.run(None, feeds))))
     name = os.fspath(model) if isinstance(model, (str, os.PathLike)) else graph.name
     shapes = {k: list(v.shape) for k, v in feeds.items()}
     return BenchReport(name, shapes, results, blas=blas_info())
