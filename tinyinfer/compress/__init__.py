@@ -12,7 +12,13 @@ The modules, in the order the chapter builds them:
 * :mod:`.calibrate` — activation ranges from data (minmax, percentile, entropy, MSE);
 * :mod:`.equalize` — cross-layer equalization and bias correction (data-free);
 * :mod:`.ptq` — static and dynamic post-training quantization to a standard QDQ model;
-* :mod:`.compare` — the same model through ONNX Runtime's quantizer and ours, measured.
+* :mod:`.compare` — the same model through ONNX Runtime's quantizer and ours, measured;
+* :mod:`.qdq` — whether a model is quantized, and its float twin;
+* :mod:`.prune` — magnitude and channel pruning (the graph physically shrinks);
+* :mod:`.cluster` — weight sharing by k-means and Deep Compression's size table;
+* :mod:`.backward`, :mod:`.train`, :mod:`.data` — gradients over the engine's own graphs, the
+  :class:`Trainer` that uses them, and the digits data it trains on (the methods that need
+  training build on these).
 """
 
 from __future__ import annotations
@@ -21,9 +27,14 @@ from .affine import QuantParams, compute_params, dequantize, fake_quantize, pack
 from .calibrate import Calibrator
 from .equalize import correct_bias, equalize_cross_layer
 from .ptq import CalibrationDataReader, NpzDataReader, quantize_dynamic, quantize_static
+from .backward import RULES, kl_divergence, softmax_cross_entropy
+from .data import DigitsSplit, digits_split, minibatches
+from .train import SGD, Adam, Trainer
 
 __all__ = [
     "QuantParams", "compute_params", "quantize", "dequantize", "fake_quantize", "pack_int4", "unpack_int4",
     "Calibrator", "equalize_cross_layer", "correct_bias",
     "quantize_static", "quantize_dynamic", "CalibrationDataReader", "NpzDataReader",
+    "RULES", "softmax_cross_entropy", "kl_divergence", "DigitsSplit", "digits_split", "minibatches",
+    "Trainer", "SGD", "Adam",
 ]

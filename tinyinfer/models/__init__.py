@@ -11,6 +11,7 @@ from . import (  # noqa: F401  (imported for their zoo registrations)
     vit,
 )
 from .builder import NetworkBuilder
+from .digits import digits_accuracy, digits_cnn, trained_digits_cnn
 from .light import LIGHT_MODELS, calibrate_batchnorm, light_model_path, load_light_model, redraw_weights
 from .metrics import CostReport, analyze, count_flops
 from .zoo import ZOO, ZooEntry, build, entry, list_models, register_model
@@ -25,10 +26,13 @@ __all__ = [
     "build",
     "calibrate_batchnorm",
     "count_flops",
+    "digits_accuracy",
+    "digits_cnn",
     "entry",
     "light_model_path",
     "list_models",
     "load_light_model",
     "redraw_weights",
     "register_model",
+    "trained_digits_cnn",
 ]
