@@ -7,15 +7,17 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 NOTEBOOKS := $(wildcard book/*.ipynb)
 
-.PHONY: demo test test-fast conformance exercises notebooks bench book figures clean help
+.PHONY: demo test test-fast conformance exercises notebooks bench quant-compare book figures nginx clean help
 
 help:
 	@echo "make demo         install tinyinfer and run an end-to-end example"
 	@echo "make test         install tinyinfer[dev] and run every test, the conformance suite and the notebooks"
 	@echo "make conformance  count passes over ONNX's whole backend node suite"
 	@echo "make bench        time tinyinfer (reference, numba) vs ONNX Runtime on the light models and the zoo"
+	@echo "make quant-compare  ONNX Runtime's quantizer vs tinyinfer's on every light and zoo model and the digits CNN"
 	@echo "make book         re-execute the notebooks in place"
 	@echo "make figures      regenerate the figures under figures/"
+	@echo "make nginx        install nginx (for tinyinfer cluster and its tests) if it is missing"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +33,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 demo: $(VENV)/.installed
 	$(PY) -m tinyinfer.demo
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev nginx
 	$(PY) -m pytest tests -q
 	$(PY) -m pytest tests/exercises -q --impl=exercises --stubs-must-fail
 	$(PY) -m pytest -q --nbval $(NOTEBOOKS)
@@ -55,10 +57,25 @@ bench: $(VENV)/.installed-dev
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(VENV)/bin/tinyinfer bench --suite all --threads 1,2 --batch 1,8 \
 		--repeat 5 --budget $(BENCH_BUDGET) --gemm --dispatch --json figures/bench.json --figure figures/06_bench.png
 
+# The chapter 03a table: each model quantized by ONNX Runtime and by tinyinfer (SNR, size,
+# latency in both runtimes, int8 / fp32); the digits CNN by held-out accuracy.
+quant-compare: $(VENV)/.installed-dev
+	$(VENV)/bin/tinyinfer quantize --compare light:all,zoo:all,digits --json figures/03a_compare.json
+
 book: $(VENV)/.installed-dev
 	for nb in $(NOTEBOOKS); do $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace "$$nb" || exit 1; done
 
 figures: book
+
+# tinyinfer cluster puts nginx in front of server replicas. Installed from the system's
+# packages when missing (as root, or with sudo); if that is impossible the cluster tests skip.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+nginx:
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
+	  (export DEBIAN_FRONTEND=noninteractive; \
+	   $(SUDO) apt-get install -y -q nginx-light >/dev/null 2>&1 || \
+	   ($(SUDO) apt-get update -q >/dev/null 2>&1 && $(SUDO) apt-get install -y -q nginx-light >/dev/null 2>&1)) || \
+	  echo "nginx could not be installed: the tests of tinyinfer cluster will skip"
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

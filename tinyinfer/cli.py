@@ -8,7 +8,11 @@
     tinyinfer zoo list                   the zoo's networks, our parameters and MACs next to their papers'
     tinyinfer zoo export NAME OUT.onnx   build a zoo network (--width, --resolution, --seed) and save it
     tinyinfer quantize MODEL OUT.onnx    int8 post-training quantization (--mode static|dynamic, --calibration calib.npz)
+    tinyinfer quantize --compare light:all,zoo:all,digits [--json table.json]   vs ONNX Runtime's quantizer
     tinyinfer prune MODEL OUT.onnx --ratio R   remove weights or channels (--method magnitude|l1-channel|bn-scale)
+    tinyinfer serve REPO                 serve a Triton-layout model repository (HTTP, gRPC, metrics)
+    tinyinfer cluster REPO --replicas 2  replicas of tinyinfer serve behind nginx (retries, health checks)
+    tinyinfer perf MODEL -u HOST:PORT    throughput and p50/p90/p99 latency per concurrency level of a running server
 
 MODEL is an .onnx path, ``light:NAME`` (a light model shipped with onnx) or ``zoo:NAME`` (a zoo
 network at its paper's configuration).
@@ -17,6 +21,7 @@ network at its paper's configuration).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import TinyInferError
@@ -128,11 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_optimize)
 
     p = sub.add_parser("quantize", help="post-training int8 quantization: static (QDQ, calibrated) or dynamic")
-    p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("output", metavar="OUT.{onnx,tinf}")
+    p.add_argument("model", nargs="?", help=MODEL_HELP)
+    p.add_argument("output", nargs="?", metavar="OUT.{onnx,tinf}")
+    p.add_argument("--compare", metavar="MODELS",
+                   help="instead of one model: quantize each of these (comma-separated MODEL arguments, light:all, "
+                        "zoo:all, digits) with ONNX Runtime's quantizer and tinyinfer's, and print the table")
+    p.add_argument("--json", metavar="PATH", help="--compare: also write the table as JSON")
+    p.add_argument("--threads", type=int, default=2, help="--compare: threads of both runtimes when timing (default 2)")
     p.add_argument("--mode", choices=["static", "dynamic"], default="static", help="default: static")
-    p.add_argument("--method", choices=["minmax", "percentile", "entropy", "mse"], default="minmax",
-                   help="static: how activation ranges are calibrated (default minmax)")
+    p.add_argument("--method", choices=["minmax", "percentile", "entropy", "mse"],
+                   help="static: how activation ranges are calibrated (default: quantize_static's, percentile)")
     granularity = p.add_mutually_exclusive_group()
     granularity.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
                              help="one weight scale per output channel (default)")
@@ -141,8 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="static: one array per model input, samples on axis 0 (default: random-normal samples)")
     p.add_argument("--samples", type=int, default=None, metavar="N",
                    help="calibrate on the first N samples (default: all of --calibration, or 16 random ones)")
-    p.add_argument("--equalize", action="store_true", help="cross-layer equalization before calibrating")
-    p.add_argument("--bias-correction", action="store_true", help="correct biases for the weights' quantization error")
+    p.add_argument("--weight-type", choices=["int8", "int4"], default="int8",
+                   help="static: weights in 8 bits, or 4 bits packed two per byte (ONNX int4, opset 21); default int8")
+    p.add_argument("--equalize", action=argparse.BooleanOptionalAction,
+                   help="cross-layer equalization before calibrating (default: quantize_static's)")
+    p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction,
+                   help="correct biases for the weights' quantization error (default: quantize_static's)")
     p.add_argument("--seed", type=int, default=0, help="seed of random calibration samples")
     p.set_defaults(handler=_quantize)
 
@@ -158,6 +172,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emit-masked", metavar="MASKED.onnx",
                    help="channel methods: also write the same-size model with the pruned channels zeroed")
     p.set_defaults(handler=_prune)
+
+    p = sub.add_parser("serve", help="serve a Triton-layout model repository over HTTP and gRPC (Open Inference "
+                                     "Protocol v2), with Prometheus metrics",
+                       description="REPO holds <model>/config.pbtxt (optional) and <model>/<version>/model.{onnx,tinf}. "
+                                   "Port 0 picks a free port. SIGTERM or Ctrl-C drains the requests in flight and exits.")
+    p.add_argument("repository", metavar="REPO")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--http-port", type=int, default=8000, help="default 8000")
+    p.add_argument("--grpc-port", type=int, default=8001, help="default 8001")
+    p.add_argument("--metrics-port", type=int, default=8002, help="default 8002")
+    p.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="none",
+                   help="none: load all, never change; poll: load all and rescan REPO; explicit: load through "
+                        "the repository API (default none)")
+    p.add_argument("--load-model", action="append", default=[], metavar="NAME",
+                   help="explicit mode: a model to load at start (repeatable)")
+    p.add_argument("--repository-poll-secs", type=float, default=15.0, help="poll mode: seconds between rescans")
+    p.add_argument("--max-body-mib", type=float, default=64.0, help="largest request body in MiB (default 64)")
+    p.set_defaults(handler=_serve)
+
+    p = sub.add_parser("cluster", help="run several `tinyinfer serve` replicas behind nginx (HTTP and gRPC, retries, "
+                                       "health checks)")
+    p.add_argument("repository", metavar="REPO")
+    p.add_argument("--replicas", type=int, default=2, help="default 2")
+    p.add_argument("--http-port", type=int, default=8000, help="nginx's HTTP port (default 8000)")
+    p.add_argument("--grpc-port", type=int, default=8001, help="nginx's gRPC port (default 8001)")
+    p.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                   help="an argument passed to every replica's tinyinfer serve (repeatable)")
+    p.set_defaults(handler=_cluster)
+
+    p = sub.add_parser("perf", help="measure a running v2 server: throughput and p50/p90/p99 latency per concurrency",
+                       description="A concurrency sweep in the spirit of Triton's perf_analyzer, through tritonclient: "
+                                   "each level keeps N requests in flight for a warm-up and a measurement window.")
+    p.add_argument("model", help="the model's name on the server")
+    p.add_argument("-u", "--url", default="127.0.0.1:8000", help="host:port (default 127.0.0.1:8000; gRPC usually :8001)")
+    p.add_argument("-i", "--protocol", choices=["http", "grpc"], default="http", help="default http")
+    p.add_argument("--json", action="store_true", help="HTTP: JSON tensors instead of the binary tensor extension")
+    p.add_argument("--concurrency", default="1,2,4,8,16", metavar="LEVELS",
+                   help="'1,2,4' or perf_analyzer's 'start:end[:step]' (default 1,2,4,8,16)")
+    p.add_argument("-b", "--batch-size", type=int, default=1, help="rows per request on a variable axis 0 (default 1)")
+    p.add_argument("-x", "--model-version", default="", help="a version (default: the server's routing)")
+    p.add_argument("--window", type=float, default=2.0, help="seconds measured per level (default 2)")
+    p.add_argument("--warmup", type=float, default=0.5, help="seconds before each window (default 0.5)")
+    p.add_argument("--csv", metavar="OUT.csv", help="write one row per level")
+    p.add_argument("--figure", metavar="OUT.png", help="plot throughput and latency against concurrency")
+    p.set_defaults(handler=_perf)
     return parser
 
 
@@ -564,12 +623,19 @@ def _quantize(args) -> int:
     from .compress.ptq import NpzDataReader, ListDataReader, quantize_dynamic, quantize_static, random_normal_reader
     from .runtime import load
 
-    model = resolve_model(args.model)
     if args.samples is not None and args.samples < 1:
         raise TinyInferError(f"--samples must be at least 1, got {args.samples}")
+    if args.compare:
+        if args.model or args.output:
+            raise TinyInferError("--compare takes its models as its value; give no MODEL or OUT file with it")
+        return _quantize_compare(args)
+    if not (args.model and args.output):
+        raise TinyInferError("quantize needs a MODEL and an OUT.onnx (or OUT.tinf) file, or --compare MODELS")
+    model = resolve_model(args.model)
     if args.mode == "dynamic":
-        if args.calibration or args.equalize or args.bias_correction:
-            raise TinyInferError("--calibration, --equalize and --bias-correction apply to --mode static only")
+        if args.calibration or args.weight_type != "int8" or len(_static_options(args)) > 1:
+            raise TinyInferError(
+                "--calibration, --method, --weight-type, --equalize and --bias-correction apply to --mode static only")
         report = quantize_dynamic(model, args.output, per_channel=args.per_channel)
     else:
         if args.calibration:
@@ -582,12 +648,79 @@ def _quantize(args) -> int:
             reader = random_normal_reader(model, samples, seed=args.seed)
             print(f"no --calibration given: calibrating on {samples} random-normal sample(s) (seed {args.seed}); "
                   "ranges from real data are better")
-        report = quantize_static(model, args.output, reader, method=args.method, per_channel=args.per_channel,
-                                 equalize=args.equalize, bias_correction=args.bias_correction,
-                                 progress=sys.stderr.isatty())
+        report = quantize_static(model, args.output, reader, per_channel=args.per_channel,
+                                 progress=sys.stderr.isatty(), **_static_options(args))
     print(report.table())
     print(f"saved {args.output}")
     return 0
+
+
+def _serve(args) -> int:
+    import asyncio
+    import signal
+
+    from .serve.server import ModelServer
+
+    if args.max_body_mib <= 0:
+        raise TinyInferError(f"--max-body-mib must be positive, got {args.max_body_mib}")
+
+    async def serve() -> None:
+        server = ModelServer(args.repository, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+                             metrics_port=args.metrics_port, model_control_mode=args.model_control_mode,
+                             load_models=tuple(args.load_model), poll_interval_s=args.repository_poll_secs,
+                             max_body_bytes=int(args.max_body_mib * (1 << 20)))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, server.request_stop)
+        await server.start()
+        for row in server.core.repository_index():
+            print(f"model {row['name']} version {row['version'] or '-'}: {row['state']} {row['reason']}".rstrip())
+        print(f"serving {args.repository}: HTTP {args.host}:{server.http_port}, gRPC {args.host}:{server.grpc_port}, "
+              f"metrics http://{args.host}:{server.metrics_port}/metrics", flush=True)
+        await server.serve_until_stopped()
+        print("drained and stopped", flush=True)
+
+    asyncio.run(serve())
+    return 0
+
+
+def _cluster(args) -> int:
+    import signal
+    import threading
+
+    from .serve.cluster import Cluster
+
+    stopped = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopped.set())
+    with Cluster(args.repository, replicas=args.replicas, http_port=args.http_port, grpc_port=args.grpc_port,
+                 serve_args=tuple(args.serve_arg)) as cluster:
+        ports = ", ".join(f"{r['http_port']}/{r['grpc_port']}" for r in cluster.state()["replicas"])
+        print(f"nginx on HTTP :{args.http_port}, gRPC :{args.grpc_port} -> {args.replicas} replicas "
+              f"(HTTP/gRPC ports {ports}); config in {cluster.workdir}", flush=True)
+        seen = 0
+        while not stopped.wait(0.5):
+            events = cluster.state()["events"]
+            for event in events[seen:]:
+                print(event, flush=True)
+            seen = len(events)
+    print("stopped", flush=True)
+    return 0
+
+
+def _perf(args) -> int:
+    from .serve import perf
+
+    results = perf.sweep(args.url, args.model, perf.parse_concurrency(args.concurrency), protocol=args.protocol,
+                         binary=not args.json, batch_size=args.batch_size, window_s=args.window,
+                         warmup_s=args.warmup, model_version=args.model_version,
+                         progress=lambda levels: _progress(levels, "perf", "level"))
+    print(perf.format_table(results))
+    if args.csv:
+        perf.write_csv(results, args.csv)
+    if args.figure:
+        perf.plot(results, args.figure, title=f"{args.model} over {args.protocol}")
+    return 1 if any(result.errors for result in results) else 0
 
 
 def _prune(args) -> int:
@@ -599,3 +732,44 @@ def _prune(args) -> int:
     print(f"saved {args.output}" + (f" and {args.emit_masked}" if args.emit_masked else ""))
     return 0
 
+
+def _quantize_compare(args) -> int:
+    import json
+    import platform
+    import time
+
+    from .compress.compare import compare_models, expand_specs, markdown_table
+
+    if args.mode != "static" or args.calibration or not args.per_channel:
+        raise TinyInferError("--compare runs static per-channel quantization on each model's own calibration data; "
+                             "--mode, --calibration and --per-tensor do not apply")
+    options = _static_options(args)
+    specs = expand_specs(args.compare)
+    start = time.perf_counter()
+    results = compare_models(specs, options=options, calib_samples=args.samples or 16, threads=args.threads,
+                             log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(markdown_table(results))
+    if args.json:
+        record = {
+            "command": "tinyinfer quantize --compare " + args.compare,
+            "machine": {"cpus": os.cpu_count(), "load_average": list(os.getloadavg()), "platform": platform.platform()},
+            "threads": args.threads, "calibration_samples": args.samples or 16,
+            "seconds": round(time.perf_counter() - start, 1),
+            "models": [result.to_dict() for result in results],
+        }
+        try:
+            with open(args.json, "w") as f:
+                json.dump(record, f, indent=2)
+        except OSError as exc:
+            raise TinyInferError(f"cannot write '{args.json}': {exc}") from None
+        print(f"table written to {args.json}")
+    return 1 if any(result.skipped for result in results) and not any(result.rows for result in results) else 0
+
+
+def _static_options(args) -> dict:
+    """The quantize_static keywords the command line sets (the others keep their defaults)."""
+    options = {"weight_type": args.weight_type}
+    for key in ("method", "equalize", "bias_correction"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    return options

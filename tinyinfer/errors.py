@@ -63,3 +63,62 @@ def node_label(node) -> str:
     version = getattr(node, "version", 0)
     opset = f", opset {version}" if version else ""
     return f"{node.op_type}{name} (domain {domain}{opset})"
+
+
+class ServeError(TinyInferError):
+    """A request the model server refuses; carries the HTTP status and gRPC code a client sees."""
+
+    http_status = 500
+    grpc_code = "INTERNAL"  # a grpc.StatusCode name; errors.py does not import grpc
+
+
+class InvalidRequestError(ServeError):
+    """A malformed request: bad JSON, unknown input, wrong datatype or shape."""
+
+    http_status, grpc_code = 400, "INVALID_ARGUMENT"
+
+
+class ModelNotFoundError(ServeError):
+    """No model, or no version of it, by the name a request gives."""
+
+    http_status, grpc_code = 404, "NOT_FOUND"
+
+
+class ModelUnavailableError(ServeError):
+    """The model or version exists but is not ready (loading, unloading or failed to load)."""
+
+    http_status, grpc_code = 503, "UNAVAILABLE"
+
+
+class QueueFullError(ServeError):
+    """The model's request queue is at its bound: rejected now rather than queued without limit."""
+
+    http_status, grpc_code = 503, "UNAVAILABLE"
+
+
+class RequestTimeoutError(ServeError):
+    """A request waited in the queue past its timeout."""
+
+    http_status, grpc_code = 504, "DEADLINE_EXCEEDED"
+
+
+class RequestTooLargeError(ServeError):
+    """A request body over the server's configured limit."""
+
+    http_status, grpc_code = 413, "RESOURCE_EXHAUSTED"
+
+
+class RepositoryError(ServeError):
+    """A repository operation the server's model control mode or the files on disk do not allow."""
+
+    http_status, grpc_code = 400, "FAILED_PRECONDITION"
+
+
+class CanaryError(ServeError):
+    """A canary action that cannot apply now: a weight outside (0, 1), or promote / rollback with no canary."""
+
+    http_status, grpc_code = 400, "FAILED_PRECONDITION"
+
+
+class PerfError(TinyInferError):
+    """A load-generator run that cannot start: bad options, or a server or model it cannot reach."""
