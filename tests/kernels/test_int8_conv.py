@@ -151,3 +151,55 @@ def test_numba_session_picks_the_int8_kernel_and_matches_onnxruntime(kernel_name
     assert int(np.abs(got.astype(np.int64) - want.astype(np.int64)).max()) <= LSB
     (record,) = sess.profile().records
     assert record.kernel == kernel_name
+
+
+
+def _qdq_conv_add_model(x_shape, weights, w_scale, **attrs):
+    """A QDQ residual join, ``Q(DQ(Q(conv(x))) + x)``, which O2 folds into one QLinearConvAdd."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.asarray(v), name) for name, v in [
+        ("x_s", np.float32(0.03)), ("x_z", np.uint8(120)), ("w", weights), ("w_s", w_scale),
+        ("w_z", np.zeros(np.shape(w_scale), np.int8)), ("c_s", np.float32(0.04)), ("c_z", np.uint8(130)),
+        ("y_s", np.float32(0.05)), ("y_z", np.uint8(125))]]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_s", "x_z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "x_s", "x_z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "w_s", "w_z"], ["wd"], axis=0),
+             helper.make_node("Conv", ["xd", "wd"], ["c"], **attrs),
+             helper.make_node("QuantizeLinear", ["c", "c_s", "c_z"], ["cq"]),
+             helper.make_node("DequantizeLinear", ["cq", "c_s", "c_z"], ["cd"]),
+             helper.make_node("Add", ["xd", "cd"], ["s"]),
+             helper.make_node("QuantizeLinear", ["s", "y_s", "y_z"], ["y"])]
+    graph = helper.make_graph(nodes, "qdq_conv_add", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("kernel_name", ["qlinearconv_im2col", "qlinearconv_indirect"])
+@pytest.mark.parametrize("kernel,pads", [(1, [0, 0, 0, 0]), (3, [1, 1, 1, 1])])
+def test_conv_with_residual_join_matches_the_unfused_pair(kernel_name, kernel, pads, monkeypatch):
+    """QLinearConvAdd's kernel vs its reference (QLinearConv's, then QLinearAdd's): the same
+    integers, the join being QLinearAdd's own float32 arithmetic. Vs the float QDQ chain and
+    ONNX Runtime on the QDQ model: within 1 LSB (the conv's rounding, as for QLinearConv)."""
+    ort = pytest.importorskip("onnxruntime")
+    from tinyinfer.kernels import registry
+    from tinyinfer.ops.qlinear import DOMAIN
+
+    kept = {key: [k for k in kernels if key != (DOMAIN, "QLinearConvAdd") or k.name == kernel_name]
+            for key, kernels in registry.KERNELS.items()}
+    monkeypatch.setattr(registry, "KERNELS", kept)
+    rng = np.random.default_rng(5)
+    weights = rng.integers(-127, 128, (24, 24, kernel, kernel), dtype=np.int8)
+    w_scale = rng.uniform(0.002, 0.004, 24).astype(np.float32) / kernel  # conv outputs of a few units
+    model = _qdq_conv_add_model((2, 24, 7, 9), weights, w_scale, pads=pads)
+    x = {"x": (rng.standard_normal((2, 24, 7, 9)) * 1.5).astype(np.float32)}
+    fused = ti.InferenceSession(model, backend="numba", select="cost")
+    assert fused.graph.op_histogram()["ai.tinyinfer:QLinearConvAdd"] == 1
+    (got,) = fused.run(None, x)
+    assert [r.kernel for r in fused.profile().records if r.op_type == "QLinearConvAdd"] == [kernel_name]
+    (reference,) = ti.InferenceSession(model).run(None, x)  # the same graph on the reference ops
+    np.testing.assert_array_equal(got, reference)
+    (chain,) = ti.InferenceSession(model, opt_level="O1").run(None, x)  # the QDQ chain, in float
+    (want,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)
+    for other in (chain, want):
+        assert int(np.abs(got.astype(np.int64) - other.astype(np.int64)).max()) <= LSB

@@ -1,7 +1,9 @@
-"""The normalisation kernels (BatchNormalization in inference mode, LRN) against their reference ops.
+"""The normalisation kernels (BatchNormalization in inference mode, ScaleShift, LRN) against their reference ops.
 
 Tolerances: BatchNormalization is bit-identical (the same float32 fold and the same two
-roundings per element). LRN sums its squares in the reference's order; only the power
+roundings per element). ScaleShift is compiled with fastmath, so LLVM may contract the
+multiply and add into one FMA (one rounding instead of two) and approximate exp/tanh:
+``rtol=1e-5, atol=1e-6``. LRN sums its squares in the reference's order; only the power
 differs (square roots instead of ``pow`` for beta = 0.75): a few float32 ulps, so
 ``rtol=1e-5``.
 """
@@ -89,3 +91,31 @@ def test_a_session_picks_both_kernels_and_matches_onnxruntime():
         None, {"x": x})[0]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
+
+
+@pytest.mark.parametrize("activation,params", [("Identity", None), ("Relu", None), ("Clip", [0.0, 6.0]),
+                                               ("LeakyRelu", [0.1]), ("HardSwish", None), ("Sigmoid", None)])
+@pytest.mark.parametrize("shape,constant_shape", [((1, 12, 5, 7), (12, 1, 1)), ((2, 6, 9), (1, 6, 1)),
+                                                  ((3, 5), (5,)), ((1, 4, 3, 3), (1,))])
+def test_scale_shift_kernel_matches_the_reference(activation, params, shape, constant_shape):
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal(shape) * 4).astype(np.float32)
+    scale, shift = (rng.standard_normal(constant_shape).astype(np.float32) for _ in range(2))
+    node = Node("ScaleShift", ["x", "s", "t"], ["y"], {"activation": activation, "activation_params": params},
+                "ai.tinyinfer", "n")
+    prepare_node(node, 1)
+    values = [Value("x", np.dtype(np.float32), shape), Value("s", np.dtype(np.float32), scale.shape, const=scale),
+              Value("t", np.dtype(np.float32), shift.shape, const=shift)]
+    assert [k.name for k in candidates(node, values)] == ["scale_shift"]
+    got = normalization.build_scale_shift(node, values, [])(node, x, scale, shift)
+    want = OPS[("ai.tinyinfer", "ScaleShift")].reference(node, x, scale, shift)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_scale_shift_kernel_refuses_constants_that_vary_along_other_axes():
+    node = Node("ScaleShift", ["x", "s", "t"], ["y"], {}, "ai.tinyinfer", "n")
+    prepare_node(node, 1)
+    varying = np.ones((1, 4, 3, 1), np.float32)  # one value per channel and row: not a channel vector
+    values = [Value("x", np.dtype(np.float32), (1, 4, 3, 3)), Value("s", np.dtype(np.float32), varying.shape, const=varying),
+              Value("t", np.dtype(np.float32), (4, 1, 1), const=np.zeros((4, 1, 1), np.float32))]
+    assert not candidates(node, values)

@@ -238,3 +238,33 @@ def test_decompose_leaves_other_graphs_alone():
     graph = tinyinfer.load(fused)
     graph.nodes = []
     assert decompose_qlinear(graph).nodes == []
+
+
+def _conv_add_model(z_shape, inputs=14):
+    """One QLinearConvAdd: a 3x3 conv (no bias) of x joined with the residual z."""
+    names = ["x", "x_s", "x_z", "w", "w_s", "w_z", "c_s", "c_z", "", "z", "z_s", "z_z", "y_s", "y_z"][:inputs]
+    node = helper.make_node("QLinearConvAdd", names, ["y"], domain=DOMAIN, pads=[1, 1, 1, 1])
+    inits = [numpy_helper.from_array(_random_q((4, 3, 3, 3), np.int8), "w"),
+             *_params("x", 0.05, np.uint8(128)), *_params("w", 0.01, np.int8(0)), *_params("c", 0.1, np.uint8(120)),
+             *_params("z", 0.07, np.uint8(110)), *_params("y", 0.12, np.uint8(100))]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 3, 5, 5]),
+              helper.make_tensor_value_info("z", TensorProto.UINT8, z_shape)]
+    return _model([node], inputs, [helper.make_tensor_value_info("y", TensorProto.UINT8, None)], inits)
+
+
+def test_conv_add_is_the_conv_then_the_add():
+    model = _conv_add_model([1, 4, 5, 5])
+    feeds = {"x": _random_q((1, 3, 5, 5), np.uint8), "z": _random_q((1, 4, 5, 5), np.uint8)}
+    got = _run_tinyinfer(model, feeds)
+    exported = to_onnx(tinyinfer.load(model))  # QLinearConv, then DQ -> Add -> Q: ONNX's own reference runs it
+    assert [n.op_type for n in exported.graph.node][0] == "QLinearConv"
+    np.testing.assert_array_equal(got, ReferenceEvaluator(exported).run(None, feeds)[0])
+
+
+@pytest.mark.parametrize("z_shape,inputs,message", [
+    ([1, 4, 4, 5], 14, "Z must have the conv output's shape"),
+    ([1, 4, 5, 5], 13, "expects 14 inputs"),
+])
+def test_conv_add_rejects_a_mismatched_residual_or_missing_inputs(z_shape, inputs, message):
+    with pytest.raises(ShapeInferenceError, match=message):
+        tinyinfer.InferenceSession(_conv_add_model(z_shape, inputs))

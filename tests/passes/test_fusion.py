@@ -403,6 +403,54 @@ def test_scale_shift_chain_after_batchnorm_folds_into_it_and_elsewhere_becomes_s
     assert sorted(_ops(graph)) == ["BatchNormalization", "Concat", "ScaleShift"]
 
 
+@pytest.mark.parametrize("activation,attrs", [("Relu", {}), ("LeakyRelu", {"alpha": 0.2}), ("Sigmoid", {})])
+def test_batchnorm_and_activation_on_a_concat_become_one_scale_shift(activation, attrs):
+    """DenseNet's pre-activation: no conv before the BN, so BN -> act is one ScaleShift."""
+    nodes = [
+        helper.make_node("Concat", ["x", "z"], ["cat"], axis=1),
+        helper.make_node("BatchNormalization", ["cat", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["b"]),
+        helper.make_node(activation, ["b"], ["r"], **attrs),
+        helper.make_node("Conv", ["r", "W"], ["y"]),
+    ]
+    weights = [*_batchnorm_weights("bn", 5), _w("W", _random(4, 5, 1, 1))]
+    model = _model(nodes, [_f("x", [2, 3, 4, 4]), _f("z", [2, 2, 4, 4])], [_f("y", None)], weights)
+    graph = _check(model, {"x": _random(2, 3, 4, 4), "z": _random(2, 2, 4, 4)})
+    assert _ops(graph) == ["Concat", "ScaleShift", "Conv"]
+    (scale_shift,) = [n for n in graph.nodes if n.op_type == "ScaleShift"]
+    assert scale_shift.attrs["activation"] == activation
+
+
+def test_batchnorm_read_twice_keeps_its_activation_apart():
+    nodes = [
+        helper.make_node("Concat", ["x", "x"], ["cat"], axis=1),
+        helper.make_node("BatchNormalization", ["cat", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["b"]),
+        helper.make_node("Relu", ["b"], ["y"]),
+        helper.make_node("Neg", ["b"], ["y2"]),
+    ]
+    model = _model(nodes, [_f("x", [1, 3, 4, 4])], [_f("y", None), _f("y2", None)], _batchnorm_weights("bn", 6))
+    graph = _check(model, {"x": _random(1, 3, 4, 4)})
+    assert sorted(_ops(graph)) == ["BatchNormalization", "Concat", "Neg", "Relu"]
+
+
+def test_a_scale_shift_with_an_activation_absorbs_no_later_affine_map():
+    """relu(x*s + t) * s2 is not a ScaleShift of x: a second pipeline run must leave the Mul."""
+    nodes = [
+        helper.make_node("Concat", ["x", "x"], ["cat"], axis=1),
+        helper.make_node("BatchNormalization", ["cat", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["b"]),
+        helper.make_node("Relu", ["b"], ["r"]),
+        helper.make_node("Mul", ["r", "s"], ["y"]),
+    ]
+    weights = [*_batchnorm_weights("bn", 6), _w("s", _random(6, 1, 1))]
+    model = _model(nodes, [_f("x", [1, 3, 4, 4])], [_f("y", None)], weights)
+    feeds = {"x": _random(1, 3, 4, 4)}
+    once = _check(model, feeds)
+    assert _ops(once) == ["Concat", "ScaleShift", "Mul"]
+    again, _ = optimize(once, "O2")
+    assert _ops(again) == ["Concat", "ScaleShift", "Mul"]
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(ti.InferenceSession(again).run(None, feeds)[0], want, rtol=RTOL, atol=ATOL)
+
+
 def test_lone_mul_by_a_non_constant_is_left_alone():
     nodes = [helper.make_node("Conv", ["x", "W"], ["c"]), helper.make_node("Mul", ["c", "g"], ["y"])]
     model = _model(nodes, [_f("x", [1, 3, 4, 4]), _f("g", [1, 2, 1, 1])], [_f("y", None)], [_w("W", _random(2, 3, 1, 1))])

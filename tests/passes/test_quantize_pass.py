@@ -72,6 +72,19 @@ def _conv(activation=None, clip=(0.0, 6.0)):
     return _qdq_model(body, inits, [1, 3, 6, 6])
 
 
+def _conv_add(relu=True):
+    """A residual join: Q(relu(DQ(Q(conv(x))) + x)), the conv quantized on its own (c_s, c_z)."""
+    w_node, inits, w_scale = _weight("w", (3, 3, 3, 3), axis=0)
+    inits.update({"c_s": np.float32(0.04), "c_z": np.uint8(120)})
+    body = [w_node, helper.make_node("Conv", ["xd", "w"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("QuantizeLinear", ["c", "c_s", "c_z"], ["cq"]),
+            helper.make_node("DequantizeLinear", ["cq", "c_s", "c_z"], ["cd"]),
+            helper.make_node("Add", ["cd", "xd"], ["s" if relu else "r"])]
+    if relu:
+        body.append(helper.make_node("Relu", ["s"], ["r"]))
+    return _qdq_model(body, inits, [1, 3, 6, 6])
+
+
 def _matmul(per_column):
     w_node, inits, _ = _weight("w", (8, 5), axis=1 if per_column else None)
     return _qdq_model([w_node, helper.make_node("MatMul", ["xd", "w"], ["r"])], inits, [3, 8])
@@ -120,6 +133,8 @@ CASES = {
     "conv": (lambda: _conv(), "QLinearConv"),
     "conv_relu": (lambda: _conv("Relu"), "QLinearConv"),
     "conv_relu6": (lambda: _conv("Clip"), "QLinearConv"),
+    "conv_add": (lambda: _conv_add(relu=False), "ai.tinyinfer:QLinearConvAdd"),
+    "conv_add_relu": (_conv_add, "ai.tinyinfer:QLinearConvAdd"),
     "matmul_per_tensor": (lambda: _matmul(False), "QLinearMatMul"),
     "matmul_per_column": (lambda: _matmul(True), "QLinearMatMul"),
     "gemm": (lambda: _gemm(0), "ai.tinyinfer:QLinearGemm"),

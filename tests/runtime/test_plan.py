@@ -226,3 +226,44 @@ def test_op_returning_too_few_results_is_named(monkeypatch):
     graph = Graph([node], [x_value()], [Value("magnitude")], opset={"test.tinyinfer": 1})
     with pytest.raises(ExecutionError, match="'short'.*returned 1 outputs, expected 2"):
         ti.InferenceSession(graph).run(None, {"x": A})
+
+
+# ---------------------------------------------------------------------------- the prepared run loop
+def test_an_omitted_optional_input_reads_none():
+    """Clip(x, '', max): the empty min is passed to the op as None (the slot it reads is never written)."""
+    high = np.array(1.5, np.float32)
+    graph = prepared([Node("Relu", ["x"], ["r"]), Node("Clip", ["r", "", "hi"], ["y"])], [x_value()],
+                     [Value("y", np.float32, (3,))], {"hi": high})
+    plan = plan_of(graph)
+    (clip,) = [step for step in plan.steps if step.node.op_type == "Clip"]
+    assert clip.inputs[1] == -1 and plan.slots[clip.reads[1]] is None
+    for _ in range(2):  # the None slot stays None run after run
+        (y,) = plan.execute([np.array([-1.0, 1.0, 3.0], np.float32)], ["y"])
+        np.testing.assert_array_equal(y, [0.0, 1.0, 1.5])
+
+
+def test_a_result_written_where_planned_is_kept_and_any_other_is_copied_there():
+    from tinyinfer.kernels.registry import writes_into
+
+    graph = prepared([Node("Neg", ["x"], ["t"], name="writes"), Node("Abs", ["t"], ["u"], name="returns"),
+                      Node("Exp", ["u"], ["y"])], [x_value()], [Value("y", np.float32, (3,))])
+    plan = plan_of(graph)
+    writer, returner = plan.steps[0], plan.steps[1]
+    seen = {}
+
+    def neg(node, x, out=None):
+        np.negative(x, out=out[0])
+        seen["planned"] = out[0]
+        return out[0]
+
+    writer.fn, writer.writes_out = writes_into(neg), True
+    returner.fn = lambda node, t: np.abs(t) + 0  # a fresh array, copied into u's place
+    x = np.array([1.0, -2.0, 3.0], np.float32)
+    kept = []
+    plan.execute([x], ["y"], observe=lambda name, value: kept.append((name, value)))
+    (y,) = plan.execute([x], ["y"])
+    np.testing.assert_allclose(y, np.exp(np.abs(-x)))
+    assert writer.one_planned_output and returner.one_planned_output
+    t, u = dict(kept)["t"], dict(kept)["u"]
+    assert t is seen["planned"]  # the kernel's own out array, kept as it is
+    assert np.shares_memory(u, plan.arenas[0].buffer)  # the fresh array was copied into the arena

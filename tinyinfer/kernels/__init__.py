@@ -12,5 +12,6 @@ from . import conv, depthwise, pool, winograd  # noqa: E402,F401  (Conv, FusedCo
 from . import layout, nchwc  # noqa: E402,F401  (blocked layouts: ConvNCHWc, ToBlocked, FromBlocked)
 from . import activation, concat, normalization  # noqa: E402,F401  (Relu; Concat; BatchNormalization, LRN)
 from . import int8_gemm, int8_conv, int8_depthwise, int8_elementwise  # noqa: E402,F401  (QLinearMatMul, QLinearConv, QLinearAdd, int8 pooling)
+from . import sparse  # noqa: E402,F401  (Conv with pruned weights, CSR)
 
 __all__ = ["KERNELS", "Kernel", "candidates", "kernel_names", "named", "register_kernel"]

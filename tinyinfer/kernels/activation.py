@@ -14,8 +14,7 @@ import numba
 import numpy as np
 
 from ..ir import Node
-from .epilogue import output_buffer
-from .registry import named, register_kernel, writes_into
+from .registry import named, output_buffer, register_kernel, writes_into
 
 #: Elements per parallel block (64 KiB of float32), and the size below which one thread does it all.
 BLOCK = 16384

@@ -45,8 +45,8 @@ import numpy as np
 from ..ir import Node, Value
 from ..ops.conv import window_geometry
 from .epilogue import (FUSED_DOMAIN, Epilogue, bias_or_zeros, epilogue_of, finish_in_place, finish_row,
-                       output_buffer, residual_or_placeholder, supports_epilogue)
-from .registry import named, register_kernel, writes_into
+                       residual_or_placeholder, supports_epilogue)
+from .registry import named, output_buffer, register_kernel, writes_into
 
 #: Output channels computed together by the direct kernel (they share each input load).
 CHANNEL_BLOCK = 4

@@ -26,7 +26,7 @@ import numpy as np
 from ..ir import Node
 from .conv import BYTES_PER_SECOND, LAUNCH_SECONDS, ConvGeometry, float32_conv2d, pad_planes, padded_size
 from .epilogue import FUSED_DOMAIN, Epilogue, bias_or_zeros, epilogue_of, finish_row, residual_or_placeholder
-from .registry import named, register_kernel
+from .registry import named, output_buffer, register_kernel, writes_into
 
 #: Multiply-adds per second of the depthwise kernel's inner loop (2 Zen 4 cores; it is
 #: memory-bound before it gets there).
@@ -66,17 +66,17 @@ def build_depthwise(node: Node, inputs: list, outputs: list):
     geometry = _depthwise_case(node, inputs)
     epilogue = epilogue_of(node)
 
-    def conv2d_depthwise(node, x, w, bias=None, *rest):
-        return run_depthwise(x, w, bias, epilogue.residual((x, w, bias, *rest)), geometry, epilogue)
+    def conv2d_depthwise(node, x, w, bias=None, *rest, out=None):
+        return run_depthwise(x, w, bias, epilogue.residual((x, w, bias, *rest)), geometry, epilogue,
+                             output_buffer(out, geometry.output_shape))
 
-    return named(conv2d_depthwise, "conv2d_depthwise")
+    return writes_into(named(conv2d_depthwise, "conv2d_depthwise"))
 
 
-def run_depthwise(x, w, bias, residual, g: ConvGeometry, epilogue: Epilogue) -> np.ndarray:
+def run_depthwise(x, w, bias, residual, g: ConvGeometry, epilogue: Epilogue, y: np.ndarray) -> np.ndarray:
     padded_h, padded_w = padded_size(g)
     padded = pad_planes(x, g.pad_top, g.pad_left, padded_h, padded_w, 0.0)
     weights = np.ascontiguousarray(w, dtype=np.float32).reshape(g.channels, g.kernel_h * g.kernel_w)
-    y = np.empty(g.output_shape, np.float32)
     z, has_residual = residual_or_placeholder(residual)
     _depthwise_kernel(padded, padded_w, weights, g.kernel_h, g.stride_h, bias_or_zeros(bias, g.channels), z,
                       has_residual, epilogue.code, epilogue.alpha, epilogue.beta, y)

@@ -112,17 +112,6 @@ def bias_or_zeros(bias: np.ndarray | None, channels: int) -> np.ndarray:
     return np.ascontiguousarray(bias, dtype=np.float32)
 
 
-def output_buffer(out, shape) -> np.ndarray:
-    """Where a kernel writes its (first) result: the runtime's planned array ``out[0]`` when it
-    is given and fits (float32, C-ordered, this shape), else a new array. See
-    :func:`tinyinfer.kernels.registry.writes_into`."""
-    target = out[0] if out else None
-    if (target is not None and target.dtype == np.float32 and target.flags.c_contiguous
-            and tuple(target.shape) == tuple(shape)):
-        return target
-    return np.empty(shape, np.float32)
-
-
 #: A 1-element stand-in for a missing residual, so kernels keep one signature.
 NO_RESIDUAL = np.zeros((1, 1, 1, 1), np.float32)
 

@@ -77,7 +77,7 @@ from numba.extending import intrinsic, models, register_model
 from ..ir import Node, Value
 from .epilogue import (ACTIVATION_CODES, CLIP, FUSED_DOMAIN, HARD_SIGMOID, HARD_SWISH, IDENTITY, LEAKY_RELU, RELU,
                        SIGMOID, TANH, activate)
-from .registry import named, register_kernel
+from .registry import named, output_buffer, register_kernel, writes_into
 
 #: Rows and columns of the register tile of C the micro-kernel computes.
 MR, NR = 8, 32
@@ -470,11 +470,11 @@ def build_gemm(node: Node, inputs: list, outputs: list):
     params = tuple(attrs.get("activation_params") or ()) if node.domain == FUSED_DOMAIN else ()
     packed_b = None if inputs[1].const is None else prepack_b(inputs[1].const, trans_b)
 
-    def gemm_packed(node, a, b, c=None):
-        return gemm(a, packed_b if packed_b is not None else b, alpha=alpha, beta=beta, c=c,
+    def gemm_packed(node, a, b, c=None, out=None):
+        return gemm(a, packed_b if packed_b is not None else b, out=out[0] if out else None, alpha=alpha, beta=beta, c=c,
                     trans_a=trans_a, trans_b=trans_b, activation=activation, activation_params=params)
 
-    return named(gemm_packed, "gemm_packed")
+    return writes_into(named(gemm_packed, "gemm_packed"))
 
 
 def _supports_matmul(node: Node, inputs: list) -> bool:
@@ -505,25 +505,29 @@ def build_matmul(node: Node, inputs: list, outputs: list):
     a_shape, b_shape = tuple(inputs[0].shape), tuple(inputs[1].shape)
     packed_b = prepack_b(inputs[1].const) if inputs[1].const is not None and len(b_shape) == 2 else None
 
-    def matmul_packed(node, a, b):
+    def matmul_packed(node, a, b, out=None):
         if len(b_shape) == 2:  # (..., M, K) @ (K, N): one product with all rows stacked
+            y = output_buffer(out, (*a.shape[:-1], b_shape[1]))
             rows = a.reshape(-1, a.shape[-1])
-            y = gemm(rows, packed_b if packed_b is not None else b)
-            return y.reshape(*a.shape[:-1], b.shape[-1])
-        return _batched_matmul(a, b)
+            gemm(rows, packed_b if packed_b is not None else b, out=y.reshape(rows.shape[0], b_shape[1]))
+            return y
+        return _batched_matmul(a, b, out)
 
-    return named(matmul_packed, "gemm_packed")
+    return writes_into(named(matmul_packed, "gemm_packed"))
 
 
-def _batched_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _batched_matmul(a: np.ndarray, b: np.ndarray, out) -> np.ndarray:
+    """One product per broadcast batch of A and B (into the planned ``out``, if given)."""
     a2 = a[np.newaxis] if a.ndim == 1 else a  # a vector is one row; its axis is dropped after
     batch = np.broadcast_shapes(a2.shape[:-2], b.shape[:-2])
     a_all = np.broadcast_to(a2, (*batch, *a2.shape[-2:]))
     b_all = np.broadcast_to(b, (*batch, *b.shape[-2:]))
-    y = np.empty((*batch, a2.shape[-2], b.shape[-1]), np.float32)
+    shape = (*batch, b.shape[-1]) if a.ndim == 1 else (*batch, a2.shape[-2], b.shape[-1])
+    y = output_buffer(out, shape)
+    products = y.reshape(*batch, a2.shape[-2], b.shape[-1])
     for index in np.ndindex(*batch):
-        gemm(a_all[index], b_all[index], out=y[index])
-    return y[..., 0, :] if a.ndim == 1 else y
+        gemm(a_all[index], b_all[index], out=products[index])
+    return y
 
 
 # ============================================================================ boundary helpers

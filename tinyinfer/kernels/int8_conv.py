@@ -36,6 +36,12 @@ layer                      int8 im2col  int8 indir.  best float32 kernel
 256x14x14 -> 256, 3x3      0.96         0.63         2.28 (Winograd F(4,3))
 =========================  ===========  ===========  ===========================
 
+Both also run ``ai.tinyinfer:QLinearConvAdd``, a conv joined with its residual add (what a
+quantized ResNet block ends with): after a tile of the conv's output is requantized, and
+while it is still in L1, :func:`~tinyinfer.kernels.int8_gemm.add_residual_tile` adds the
+dequantized residual and quantizes the sum, ``y = Q(DQ(c) + DQ(z))``, with the very float32
+arithmetic of QLinearAdd's reference: the conv's output is never written out and read back.
+
 The indirect kernel wins the 3x3 layers (no column matrix: 270-365 GOP/s); on a 1x1 layer
 im2col needs no copy either, and the indirect kernel pays its NHWC copy and its transposing
 store. The cost hints encode that; timed selection measures it.
@@ -51,10 +57,12 @@ import numpy as np
 
 from ..ir import Node
 from ..ops.quantize import conv_geometry as _qconv_geometry
-from .int8_gemm import (INT8_OPS_PER_SECOND, CALL_SECONDS, KGROUP, LANES, NR, Requantization, _round_up,
-                        _scratch, broadcast_u8x4, dot4, gemm_s8u8, i32x16_zero, load_s8x64, pack_s,
-                        quantize_multiplier, requantize_tile, store_i32x16, _pack_v)
-from .registry import named, register_kernel
+from .epilogue import FUSED_DOMAIN as DOMAIN
+from .int8_gemm import (INT8_OPS_PER_SECOND, CALL_SECONDS, KGROUP, LANES, NO_RESIDUAL, NR, Requantization,
+                        ResidualAdd, _round_up, _scratch, add_residual_tile, broadcast_u8x4, dot4, gemm_s8u8,
+                        i32x16_zero, load_s8x64, pack_s, quantize_multiplier, requantize_tile, store_i32x16,
+                        _pack_v)
+from .registry import named, output_buffer, register_kernel, writes_into
 
 #: Output pixels per micro-tile of the indirect kernel.
 PIXELS = 8
@@ -84,7 +92,7 @@ def supports_qlinearconv(node: Node, inputs: list, *, depthwise: bool = False) -
     """uint8 NCHW x, constant int8 w, constant per-tensor x/y parameters, per-tensor or per-channel w_scale/w_zp."""
     x, x_s, x_zp, w, w_s, w_zp, y_s, y_zp = inputs[:8]
     bias = inputs[8] if len(inputs) > 8 else None
-    if node.domain != "" or x.dtype != np.uint8 or w.dtype != np.int8 or w.const is None:
+    if x.dtype != np.uint8 or w.dtype != np.int8 or w.const is None:
         return False
     if x.shape is None or len(x.shape) != 4 or not all(isinstance(d, int) for d in x.shape) or w.const.ndim != 4:
         return False
@@ -103,6 +111,37 @@ def supports_qlinearconv(node: Node, inputs: list, *, depthwise: bool = False) -
         return False
     sizes = conv2d_sizes(node, x.shape, w.const.shape)
     return sizes["oh"] > 0 and sizes["ow"] > 0
+
+
+def supports_residual(node: Node, inputs: list) -> bool:
+    """A QLinearConvAdd's residual: 8-bit Z of the output's shape, constant per-tensor z and y parameters."""
+    z, z_s, z_zp, y_s, y_zp = inputs[9:14]
+    if z is None or z.dtype not in (np.uint8, np.int8) or not all(_scalar(v) for v in (z_s, z_zp, y_s, y_zp)):
+        return False
+    if y_zp.dtype not in (np.uint8, np.int8) or z.shape is None or len(z.shape) != 4:
+        return False
+    s = conv2d_sizes(node, inputs[0].shape, inputs[3].const.shape)
+    return tuple(z.shape) == (s["n"], s["m"], s["oh"], s["ow"])
+
+
+def residual_join(node: Node, inputs: list):
+    """For a QLinearConvAdd: ``z -> ResidualAdd`` for each call's Z (None for a QLinearConv)."""
+    if node.op_type != "QLinearConvAdd":
+        return None
+    c_s, c_zp = (np.asarray(v.const) for v in inputs[6:8])
+    z_s, z_zp, y_s, y_zp = (np.asarray(v.const) for v in inputs[10:14])
+    scalars = [a.reshape(-1)[0] for a in (c_s, c_zp, z_s, z_zp, y_s, y_zp)]
+
+    def join(z: np.ndarray) -> ResidualAdd:
+        c_scale, c_zero, z_scale, z_zero, y_scale, y_zero = scalars
+        return ResidualAdd.of(z, c_zp.dtype, c_scale, c_zero, z_scale, z_zero, y_zp.dtype, y_scale, y_zero)
+
+    return join
+
+
+def output_dtype(inputs: list) -> np.dtype:
+    """The type of a QLinearConv's output (y_zp's), or of a QLinearConvAdd's (its last input's)."""
+    return inputs[13].dtype if len(inputs) > 9 else inputs[7].dtype
 
 
 def conv_parameters(inputs: list) -> dict:
@@ -151,11 +190,17 @@ def _supports_im2col(node: Node, inputs: list) -> bool:
     return supports_qlinearconv(node, inputs)
 
 
+def _supports_im2col_residual(node: Node, inputs: list) -> bool:
+    return supports_qlinearconv(node, inputs) and supports_residual(node, inputs)
+
+
 def _cost_im2col(node: Node, inputs: list) -> float:
     return _cost(node, inputs, indirect=False)
 
 
 @register_kernel("QLinearConv", "qlinearconv_im2col", supports=_supports_im2col, cost=_cost_im2col)
+@register_kernel("QLinearConvAdd", "qlinearconv_im2col", domain=DOMAIN, supports=_supports_im2col_residual,
+                 cost=_cost_im2col)
 def build_im2col(node: Node, inputs: list, outputs: list):
     """im2col + int8 GEMM (accelerates QLinearConv): uint8 x, int8 w, 2-D, group 1, any stride/pad/dilation.
 
@@ -174,10 +219,12 @@ def build_im2col(node: Node, inputs: list, outputs: list):
     per_channel_zero = np.unique(w_zero).size > 1
     direct = s["kh"] == s["kw"] == 1 and s["sh"] == s["sw"] == 1 and s["top"] == s["left"] == 0 \
         and (s["oh"], s["ow"]) == (s["h"], s["w"])
+    join = residual_join(node, inputs)
+    dtype = output_dtype(inputs)
 
-    def qlinearconv_im2col(node, x, *rest):
+    def qlinearconv_im2col(node, x, *rest, out=None):
         x = np.ascontiguousarray(x)
-        y = np.empty((s["n"], m, s["oh"], s["ow"]), p["y_dtype"])
+        y = output_buffer(out, (s["n"], m, s["oh"], s["ow"]), dtype)
         columns = None if direct else _scratch("columns", np.uint8, k * pixels).reshape(k, pixels)
         for b in range(s["n"]):
             if direct:
@@ -193,11 +240,11 @@ def build_im2col(node: Node, inputs: list, outputs: list):
                 else:
                     col_offset = (-int(w_zero[0]) * sums).astype(np.int32)
             requant = Requantization(row_offset, col_offset, p["q"], p["shift"], False, p["y_zero"], p["low"],
-                                     p["high"], row_factor, col_factor)
+                                     p["high"], row_factor, col_factor, None if join is None else join(rest[8][b]))
             gemm_s8u8(packed, columns, requant, out=y[b].reshape(m, pixels))
         return y
 
-    return named(qlinearconv_im2col, "qlinearconv_im2col")
+    return writes_into(named(qlinearconv_im2col, "qlinearconv_im2col"))
 
 
 @numba.njit(cache=True, parallel=True)
@@ -244,6 +291,10 @@ def _supports_indirect(node: Node, inputs: list) -> bool:
     return supports_qlinearconv(node, inputs) and not np.any(np.asarray(inputs[5].const) != 0)
 
 
+def _supports_indirect_residual(node: Node, inputs: list) -> bool:
+    return _supports_indirect(node, inputs) and supports_residual(node, inputs)
+
+
 def _cost_indirect(node: Node, inputs: list) -> float:
     return _cost(node, inputs, indirect=True)
 
@@ -264,6 +315,8 @@ def indirection_buffer(s: dict, channels_padded: int) -> np.ndarray:
 
 
 @register_kernel("QLinearConv", "qlinearconv_indirect", supports=_supports_indirect, cost=_cost_indirect)
+@register_kernel("QLinearConvAdd", "qlinearconv_indirect", domain=DOMAIN, supports=_supports_indirect_residual,
+                 cost=_cost_indirect)
 def build_indirect(node: Node, inputs: list, outputs: list):
     """QNNPACK indirect convolution (accelerates QLinearConv): uint8 x, int8 w with w_zp = 0, 2-D, group 1.
 
@@ -286,19 +339,23 @@ def build_indirect(node: Node, inputs: list, outputs: list):
     indirection = indirection_buffer(s, cp)
     pixels = s["oh"] * s["ow"]
     image = s["h"] * s["w"] * cp
+    join = residual_join(node, inputs)
+    dtype = output_dtype(inputs)
 
-    def qlinearconv_indirect(node, x, *rest):
+    def qlinearconv_indirect(node, x, *rest, out=None):
         x = np.ascontiguousarray(x)
-        y = np.empty((s["n"], m, s["oh"], s["ow"]), p["y_dtype"])
+        y = output_buffer(out, (s["n"], m, s["oh"], s["ow"]), dtype)
         nhwc = _scratch("nhwc", np.uint8, image + cp)
         tiles = _scratch("indirect_tiles", np.int32, numba.config.NUMBA_NUM_THREADS * 2 * NR * NR)
         for b in range(s["n"]):
             to_nhwc_u8(x[b], cp, p["x_zero"], nhwc)
+            residual = NO_RESIDUAL if join is None else join(rest[8][b])
             _indirect_conv(nhwc, indirection, taps, cp, panels, m, y[b].reshape(-1).view(np.uint8), pixels, tiles,
-                           row_offset, p["q"], p["shift"], p["y_zero"], p["low"], p["high"])
+                           row_offset, p["q"], p["shift"], p["y_zero"], p["low"], p["high"], residual.z,
+                           join is not None, residual.integers, residual.scales)
         return y
 
-    return named(qlinearconv_indirect, "qlinearconv_indirect")
+    return writes_into(named(qlinearconv_indirect, "qlinearconv_indirect"))
 
 
 @numba.njit(cache=True)
@@ -325,7 +382,8 @@ def to_nhwc_u8(x, channels_padded, zero, out):
 
 
 @numba.njit(cache=True, parallel=True)
-def _indirect_conv(x, indirection, taps, cp, panels, m, y, pixels, tiles, row_offset, q, shift, zero, low, high):
+def _indirect_conv(x, indirection, taps, cp, panels, m, y, pixels, tiles, row_offset, q, shift, zero, low, high,
+                   z, has_z, z_integers, z_scales):
     """All tiles of one image: 8 output pixels x 32 output channels each, pixel blocks in parallel."""
     blocks = (pixels + PIXELS - 1) // PIXELS
     groups = cp // KGROUP
@@ -345,6 +403,8 @@ def _indirect_conv(x, indirection, taps, cp, panels, m, y, pixels, tiles, row_of
                     tile[NR * NR + c * NR + r] = tile[r * NR + c]
             requantize_tile(tile, NR * NR, cols, rows, y, j0 * pixels + p0, pixels, 1, j0, 0, row_offset, none,
                             none, none, False, q, shift, False, zero, low, high)
+            if has_z:
+                add_residual_tile(y, j0 * pixels + p0, cols, rows, pixels, 1, z, z_integers, z_scales)
 
 
 @numba.njit(cache=True, inline="always")

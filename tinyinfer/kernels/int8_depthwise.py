@@ -31,7 +31,7 @@ from ..ir import Node
 from .int8_conv import conv2d_sizes, conv_parameters, supports_qlinearconv
 from .int8_gemm import (LANES, _scratch, add_i32x16, f32x16_to_i32x16, f32x16_zero, fma_f32x16, load_f32x16,
                         requantize_store, splat_i32x16, splat_i64x16)
-from .registry import named, register_kernel
+from .registry import named, output_buffer, register_kernel, writes_into
 
 #: Multiply-adds per second for the cost hint (both threads; a memory-bound loop).
 DEPTHWISE_OPS_PER_SECOND = 20e9
@@ -71,9 +71,9 @@ def build_depthwise(node: Node, inputs: list, outputs: list):
               + (di // s["sh"]) * phase_w + dj // s["sw"]).astype(np.int64)
     float_weights = shifted.astype(np.float32)
 
-    def qlinearconv_depthwise(node, x, *rest):
+    def qlinearconv_depthwise(node, x, *rest, out=None):
         x = np.ascontiguousarray(x)
-        y = np.empty((s["n"], c, s["oh"], s["ow"]), p["y_dtype"])
+        y = output_buffer(out, (s["n"], c, s["oh"], s["ow"]), p["y_dtype"])
         threads = numba.config.NUMBA_NUM_THREADS  # numba.get_thread_id() < this
         padded = _scratch("depthwise_planes", np.float32, threads * phases).reshape(threads, phases)
         _depthwise(x.reshape(s["n"] * c, s["h"], s["w"]), float_weights, tap_at, offsets, c, s["sh"], s["sw"],
@@ -81,7 +81,7 @@ def build_depthwise(node: Node, inputs: list, outputs: list):
                    s["ow"], p["q"], p["shift"], p["y_zero"], p["low"], p["high"], padded)
         return y
 
-    return named(qlinearconv_depthwise, "qlinearconv_depthwise")
+    return writes_into(named(qlinearconv_depthwise, "qlinearconv_depthwise"))
 
 
 @numba.njit(cache=True, parallel=True)

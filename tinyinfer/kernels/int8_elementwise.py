@@ -36,7 +36,7 @@ import numpy as np
 
 from ..ir import Node
 from ..ops import OPS
-from .registry import named, register_kernel
+from .registry import named, output_buffer, register_kernel, writes_into
 
 #: The ai.tinyinfer domain of the quantized ops.
 DOMAIN = "ai.tinyinfer"
@@ -117,14 +117,14 @@ def build_qlinear_add(node: Node, inputs: list, outputs: list):
     y_scale, y_zero = np.float32(_scalar(y_s)), int(_scalar(y_zp))
     shape = tuple(big.shape)
 
-    def qlinear_add(node, a, a_s, a_zp, b, b_s, b_zp, y_s, y_zp):
+    def qlinear_add(node, a, a_s, a_zp, b, b_s, b_zp, y_s, y_zp, out=None):
         first, second = (b, a) if swap else (a, b)
-        y = np.empty(shape, out_dtype)
+        y = output_buffer(out, shape, out_dtype)
         _add(_bytes(first), _bytes(second), *layout, signed[0], signed[1], params[0], zeros[0], params[1], zeros[1],
              y_scale, y_zero, low, high, y.reshape(-1).view(np.uint8))
         return y
 
-    return named(qlinear_add, "qlinear_add")
+    return writes_into(named(qlinear_add, "qlinear_add"))
 
 
 @numba.njit(cache=True, inline="always")
@@ -194,13 +194,13 @@ def build_qlinear_global_averagepool(node: Node, inputs: list, outputs: list):
     signed, x_zero, y_zero = int(x.dtype == np.int8), int(_scalar(x_zp)), int(_scalar(y_zp))
     out_shape = shape[:2] + (1,) * (len(shape) - 2)
 
-    def qlinear_global_averagepool(node, x, *rest):
-        y = np.empty(out_shape, out_dtype)
+    def qlinear_global_averagepool(node, x, *rest, out=None):
+        y = output_buffer(out, out_shape, out_dtype)
         _global_average(_bytes(x), planes, area, signed, x_zero, x_scale, y_scale, y_zero, low, high,
                         y.reshape(-1).view(np.uint8))
         return y
 
-    return named(qlinear_global_averagepool, "qlinear_global_averagepool")
+    return writes_into(named(qlinear_global_averagepool, "qlinear_global_averagepool"))
 
 
 @numba.njit(cache=True, parallel=True)
@@ -316,13 +316,13 @@ def build_quantize_linear(node: Node, inputs: list, outputs: list):
     y_scale, y_zero = np.float32(_scalar(scale)), 0 if zero is None else int(_scalar(zero))
     shape = tuple(x.shape)
 
-    def quantize_linear_8bit(node, x, *rest):
-        y = np.empty(shape, dtype)
+    def quantize_linear_8bit(node, x, *rest, out=None):
+        y = output_buffer(out, shape, dtype)
         _quantize(np.ascontiguousarray(x, np.float32).reshape(-1), y_scale, y_zero, low, high,
                   y.reshape(-1).view(np.uint8))
         return y
 
-    return named(quantize_linear_8bit, "quantize_linear_8bit")
+    return writes_into(named(quantize_linear_8bit, "quantize_linear_8bit"))
 
 
 @numba.njit(cache=True, parallel=True)
@@ -373,13 +373,13 @@ def build_maxpool_int8(node: Node, inputs: list, outputs: list):
     height = max(h + top, (oh - 1) * sh + dh * (kh - 1) + 1)
     width = max(w + left, (ow - 1) * sw + dw * (kw - 1) + 1)
 
-    def maxpool2d_int8(node, x):
-        y = np.empty((n, c, oh, ow), dtype)
+    def maxpool2d_int8(node, x, out=None):
+        y = output_buffer(out, (n, c, oh, ow), dtype)
         _maxpool(_bytes(x).reshape(n * c, h, w), flip, kh, kw, sh, sw, dh, dw, top, left, height, width,
                  y.reshape(n * c, oh, ow).view(np.uint8))
         return y
 
-    return named(maxpool2d_int8, "maxpool2d_int8")
+    return writes_into(named(maxpool2d_int8, "maxpool2d_int8"))
 
 
 @numba.njit(cache=True, parallel=True)

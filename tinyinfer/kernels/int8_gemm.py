@@ -93,7 +93,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 from ..ir import Node
-from .registry import named, register_kernel
+from .registry import named, output_buffer, register_kernel, writes_into
 
 #: Rows and columns of the register tile; bytes of K per step (one vpdpbusd lane group).
 MR, NR, KGROUP = 8, 32, 4
@@ -649,9 +649,38 @@ class Requantization:
     high: int
     row_factor: np.ndarray | None = None  # int32 (M,): a rank-1 term, for per-channel zero points
     col_factor: np.ndarray | None = None  # int32 (N,)
+    residual: "ResidualAdd | None" = None  # a quantized tensor added after requantizing
+
+
+@dataclasses.dataclass
+class ResidualAdd:
+    """A residual join in the epilogue: ``y = Q(DQ(c) + DQ(z))`` on each value c just requantized.
+
+    ``z`` holds the residual's bytes laid out as the output (same indices); ``integers`` are
+    ``(c_flip, c_base, z_flip, z_base, y_zero, low, high)`` and ``scales`` ``(c_s, z_s, y_s)``,
+    with an 8-bit value read as ``(byte ^ flip) - base`` (int8: flip 0x80, base zero + 128),
+    the float32 arithmetic of ``ai.tinyinfer:QLinearAdd`` (bit-identical to its reference).
+    """
+
+    z: np.ndarray
+    integers: np.ndarray  # int32 (7,)
+    scales: np.ndarray  # float32 (3,)
+
+    @staticmethod
+    def of(z: np.ndarray, c_dtype, c_scale, c_zero, z_scale, z_zero, y_dtype, y_scale, y_zero) -> "ResidualAdd":
+        def flip_and_base(dtype, zero):
+            signed = np.dtype(dtype) == np.int8
+            return (0x80, int(zero) + 128) if signed else (0, int(zero))
+
+        info = np.iinfo(y_dtype)
+        integers = np.array([*flip_and_base(c_dtype, c_zero), *flip_and_base(z.dtype, z_zero), int(y_zero),
+                             info.min, info.max], np.int32)
+        scales = np.array([c_scale, z_scale, y_scale], np.float32)
+        return ResidualAdd(np.ascontiguousarray(z).reshape(-1).view(np.uint8), integers, scales)
 
 
 _EMPTY32 = np.zeros(1, np.int32)
+NO_RESIDUAL = ResidualAdd(np.zeros(1, np.uint8), np.zeros(7, np.int32), np.ones(3, np.float32))
 
 
 # ============================================================================ the driver
@@ -684,6 +713,7 @@ def gemm_s8u8(s, v, requant: Requantization, out: np.ndarray | None = None, *, t
     row_stride, col_stride = out_strides or (n, 1)
     r = requant
     rank1 = r.row_factor is not None
+    residual = r.residual or NO_RESIDUAL
     if m and n:
         threads = numba.get_num_threads() if threads is None else threads
         parallel = threads > 1 and m * n * k >= PARALLEL_THRESHOLD
@@ -695,7 +725,8 @@ def gemm_s8u8(s, v, requant: Requantization, out: np.ndarray | None = None, *, t
         args = (s_data, s_ld, s_packed, v_data, v_ld, v_packed, y, row_stride, col_stride, m, n, k, mt, nt,
                 work, tiles, partial, r.row_offset, r.col_offset,
                 r.row_factor if rank1 else _EMPTY32, r.col_factor if rank1 else _EMPTY32, rank1,
-                r.q, r.shift, r.per_column, r.zero_point, r.low, r.high)
+                r.q, r.shift, r.per_column, r.zero_point, r.low, r.high, residual.z, r.residual is not None,
+                residual.integers, residual.scales)
         # One compiled driver (a serial twin would double the compile time): with one task
         # the loop runs on one thread of the pool.
         _gemm_parallel(*args)
@@ -812,12 +843,13 @@ def build_qlinear_matmul(node: Node, inputs: list, outputs: list):
     a_zero, b_zero = int(np.asarray(a_zp).reshape(-1)[0]), int(np.asarray(b_zp).reshape(-1)[0])
     y_zero = np.asarray(y_zp).reshape(())
 
-    def int8_gemm(node, a, *rest):
+    def int8_gemm(node, a, *rest, out=None):
         rows = a.reshape(-1, a.shape[-1])
-        y = qgemm(rows, a_zero, packed_b, b_zero, multiplier, y_zero)
-        return y.reshape(*a.shape[:-1], packed_b.cols)
+        y = output_buffer(out, (*a.shape[:-1], packed_b.cols), y_zero.dtype)
+        qgemm(rows, a_zero, packed_b, b_zero, multiplier, y_zero, out=y.reshape(rows.shape[0], packed_b.cols))
+        return y
 
-    return named(int8_gemm, "int8_gemm")
+    return writes_into(named(int8_gemm, "int8_gemm"))
 
 
 # ============================================================================ QLinearGemm kernel
@@ -865,10 +897,11 @@ def build_qlinear_gemm(node: Node, inputs: list, outputs: list):
     y_zero = np.asarray(y_zp.const).reshape(())
     bias_values = None if bias is None else np.asarray(bias.const, np.int32).reshape(-1)
 
-    def int8_gemm(node, a, *rest):
-        return qgemm(a, a_zero, packed_b, b_zero, multiplier, y_zero, bias=bias_values)
+    def int8_gemm(node, a, *rest, out=None):
+        y = output_buffer(out, (a.shape[0], packed_b.cols), y_zero.dtype)
+        return qgemm(a, a_zero, packed_b, b_zero, multiplier, y_zero, bias=bias_values, out=y)
 
-    return named(int8_gemm, "int8_gemm")
+    return writes_into(named(int8_gemm, "int8_gemm"))
 
 
 # ============================================================================ benchmark
@@ -1121,22 +1154,52 @@ def requantize_tile(tile, tile_at, rows, cols, y, y_at, y_rows, y_cols, i0, j0, 
             y[y_at + r * y_rows + c * y_cols] = np.uint8(value & 0xFF)
 
 
+#: 1.5 * 2^23: ``(x + m) - m`` rounds a float32 |x| < 2^22 to an integer, half to even.
+ROUNDING_MAGIC = np.float32(12582912.0)
+
+
+@numba.njit(cache=True, inline="always")
+def add_residual_tile(y, y_at, rows, cols, y_rows, y_cols, z, integers, scales):
+    """``y = Q(DQ(y) + DQ(z))`` on the tile of bytes :func:`requantize_tile` just stored (see
+    :class:`ResidualAdd`): the residual join of a quantized ResNet, while the tile is in L1."""
+    c_flip, z_flip = np.uint8(integers[0]), np.uint8(integers[2])
+    c_base, z_base = np.float32(integers[1]), np.float32(integers[3])  # exact: small integers
+    zero, low, high = np.float32(integers[4]), np.float32(integers[5]), np.float32(integers[6])
+    c_scale, z_scale, y_scale = scales[0], scales[1], scales[2]
+    for r in range(rows):
+        row = np.uint64(y_at + r * y_rows)
+        # unsigned indices (no negative-index checks) and, for contiguous rows, a unit stride
+        # LLVM can see: the loop vectorises
+        step = np.uint64(y_cols)
+        for c in range(np.uint64(cols)):
+            at = row + c if y_cols == 1 else row + c * step
+            real = ((np.float32(np.uint8(y[at] ^ c_flip)) - c_base) * c_scale
+                    + (np.float32(np.uint8(z[at] ^ z_flip)) - z_base) * z_scale)
+            # round half to even by the float unit itself (np.rint is a call per value): adding
+            # 1.5 * 2^23 leaves no fraction bits, for |ratio| < 2^22; a larger one is clamped anyway
+            rounded = (real / y_scale + ROUNDING_MAGIC) - ROUNDING_MAGIC
+            v = min(max(rounded + zero, low), high)
+            y[at] = np.uint8(np.int32(v) & 0xFF)
+
+
 # ============================================================================ Numba: the five loops
 @numba.njit(cache=True, parallel=True)
 def _gemm_parallel(s, s_ld, s_packed, v, v_ld, v_packed, y, y_rows, y_cols, m, n, k, mt, nt, work, tiles, partial,
-                   row_offset, col_offset, row_factor, col_factor, rank1, q, shift, per_column, zero, low, high):
+                   row_offset, col_offset, row_factor, col_factor, rank1, q, shift, per_column, zero, low, high,
+                   z, has_z, z_integers, z_scales):
     """One task per thread (``plan_tasks`` makes exactly as many as there are threads)."""
     tasks = ((m + mt - 1) // mt) * ((n + nt - 1) // nt)
     for task in numba.prange(tasks):
         # int64: the parallel loop's index is unsigned, and the task would compile twice
         _gemm_task(np.int64(task), s, s_ld, s_packed, v, v_ld, v_packed, y, y_rows, y_cols, m, n, k, mt, nt, work, tiles,
                    partial, row_offset, col_offset, row_factor, col_factor, rank1, q, shift, per_column, zero, low,
-                   high)
+                   high, z, has_z, z_integers, z_scales)
 
 
 @numba.njit(cache=True)
 def _gemm_task(task, s, s_ld, s_packed, v, v_ld, v_packed, y, y_rows, y_cols, m, n, k, mt, nt, work, tiles, partial,
-               row_offset, col_offset, row_factor, col_factor, rank1, q, shift, per_column, zero, low, high):
+               row_offset, col_offset, row_factor, col_factor, rank1, q, shift, per_column, zero, low, high,
+               z, has_z, z_integers, z_scales):
     """One task's block of C: Goto's loops over packed blocks; the epilogue at the last K block."""
     row_tasks = (m + mt - 1) // mt
     i_lo, j_lo = task % row_tasks * mt, task // row_tasks * nt
@@ -1181,6 +1244,9 @@ def _gemm_task(task, s, s_ld, s_packed, v, v_ld, v_packed, y, y_rows, y_cols, m,
                             requantize_tile(tile, 0, rows, cols, y, i0 * y_rows + j0 * y_cols, y_rows, y_cols, i0, j0,
                                             row_offset, col_offset, row_factor, col_factor, rank1, q, shift,
                                             per_column, zero, low, high)
+                            if has_z:
+                                add_residual_tile(y, i0 * y_rows + j0 * y_cols, rows, cols, y_rows, y_cols, z,
+                                                  z_integers, z_scales)
                         else:
                             for r in range(rows):
                                 for half in range(0, cols, LANES):

@@ -67,7 +67,7 @@ from ..ops.conv import window_geometry
 from ..ops.layout import blocks
 from .epilogue import CLIP, FUSED_DOMAIN, IDENTITY, RELU, activate, epilogue_of, supports_epilogue
 from .layout import _nchw_to_nchwc, _nchwc_to_nchw
-from .registry import named, register_kernel
+from .registry import named, output_buffer, register_kernel, writes_into
 
 #: Block sizes the kernels are compiled for: float32 lanes of an AVX2 (8) or AVX-512 (16) register.
 BLOCKS = (8, 16)
@@ -392,7 +392,7 @@ def _cost_depthwise(node, inputs):
 def build_conv_nchwc(node: Node, inputs: list, outputs: list):
     """Blocked direct conv (accelerates ai.tinyinfer:ConvNCHWc): float32 NCHW8c/16c, group 1, 2-D,
     any stride/pad/dilation, bias + residual + activation fused."""
-    return named(_bind(node, inputs, _conv_plan(node, inputs)), "conv_nchwc_direct")
+    return writes_into(named(_bind(node, inputs, _conv_plan(node, inputs)), "conv_nchwc_direct"))
 
 
 @register_kernel("ConvNCHWc", "conv_nchwc_depthwise", domain=FUSED_DOMAIN, supports=_supports_depthwise,
@@ -400,7 +400,7 @@ def build_conv_nchwc(node: Node, inputs: list, outputs: list):
 def build_depthwise_nchwc(node: Node, inputs: list, outputs: list):
     """Blocked depthwise conv (accelerates ai.tinyinfer:ConvNCHWc): float32 NCHW8c/16c, group = C = M,
     2-D, any stride/pad/dilation, bias + residual + activation fused."""
-    return named(_bind(node, inputs, _conv_plan(node, inputs)), "conv_nchwc_depthwise")
+    return writes_into(named(_bind(node, inputs, _conv_plan(node, inputs)), "conv_nchwc_depthwise"))
 
 
 def _bind(node: Node, inputs: list, plan: dict):
@@ -419,18 +419,18 @@ def _bind(node: Node, inputs: list, plan: dict):
     placeholder = np.zeros((1, 1, 1, 1, block), np.float32)
     unpadded = (top, left, padded_h, padded_w)
 
-    def run(node, x, w, bias=None, z=None):
+    def run(node, x, w, bias=None, z=None, out=None):
         x = np.ascontiguousarray(x)
         padded = x if unpadded == (0, 0, x.shape[2], x.shape[3]) else _pad_blocked(x, top, left, padded_h, padded_w)
         b = fixed_bias if fixed_bias is not None else _tiled_bias(bias, out_blocks, block, tile)
         residual = placeholder if z is None else np.ascontiguousarray(z)
-        out = np.empty(plan["out_shape"], np.float32)
+        y = output_buffer(out, plan["out_shape"])
         args = (stride_h, stride_w, dilation_h, dilation_w, epilogue.code, epilogue.alpha, epilogue.beta)
         if plan["depthwise"]:
-            depthwise(padded, weights, b, lanes, residual, z is not None, out, *args)
+            depthwise(padded, weights, b, lanes, residual, z is not None, y, *args)
         else:
-            direct(padded, weights, b, lanes, residual, z is not None, out, channels, *args)
-        return out
+            direct(padded, weights, b, lanes, residual, z is not None, y, channels, *args)
+        return y
 
     return run
 
@@ -459,13 +459,13 @@ def build_to_blocked(node: Node, inputs: list, outputs: list):
     """NCHW -> NCHWc copy loop (accelerates ai.tinyinfer:ToBlocked): float32, 4-D, any block."""
     block = node.attrs["block"]
 
-    def to_blocked_numba(node, x):
+    def to_blocked_numba(node, x, out=None):
         n, channels, h, w = x.shape
-        out = np.empty((n, blocks(channels, block), h, w, block), np.float32)
-        _nchw_to_nchwc(np.ascontiguousarray(x), out)
-        return out
+        y = output_buffer(out, (n, blocks(channels, block), h, w, block))
+        _nchw_to_nchwc(np.ascontiguousarray(x), y)
+        return y
 
-    return named(to_blocked_numba, "to_blocked_numba")
+    return writes_into(named(to_blocked_numba, "to_blocked_numba"))
 
 
 @register_kernel("FromBlocked", "from_blocked_numba", domain=FUSED_DOMAIN, supports=_supports_from_blocked)
@@ -473,13 +473,13 @@ def build_from_blocked(node: Node, inputs: list, outputs: list):
     """NCHWc -> NCHW copy loop (accelerates ai.tinyinfer:FromBlocked): float32, 5-D."""
     channels = node.attrs["channels"]
 
-    def from_blocked_numba(node, x):
+    def from_blocked_numba(node, x, out=None):
         n, _, h, w, _ = x.shape
-        out = np.empty((n, channels, h, w), np.float32)
-        _nchwc_to_nchw(np.ascontiguousarray(x), out)
-        return out
+        y = output_buffer(out, (n, channels, h, w))
+        _nchwc_to_nchw(np.ascontiguousarray(x), y)
+        return y
 
-    return named(from_blocked_numba, "from_blocked_numba")
+    return writes_into(named(from_blocked_numba, "from_blocked_numba"))
 
 
 # ============================================================================ kernels for blocked pooling
@@ -556,13 +556,13 @@ def build_window_pool(node: Node, inputs: list, outputs: list):
     low_h, high_h, low_w, high_w = (-top, h + bottom, -left, w + right) if include else (0, h, 0, w)
     out_shape = (x.shape[0], x.shape[1], *window.output, x.shape[4])
 
-    def pool_nchwc(node, x):
-        out = np.empty(out_shape, np.float32)
-        _window_pool_nchwc(np.ascontiguousarray(x), out, *window.kernel, *window.strides, *window.dilations,
+    def pool_nchwc(node, x, out=None):
+        y = output_buffer(out, out_shape)
+        _window_pool_nchwc(np.ascontiguousarray(x), y, *window.kernel, *window.strides, *window.dilations,
                            top, left, low_h, high_h, low_w, high_w, is_max)
-        return out
+        return y
 
-    return named(pool_nchwc, "pool_nchwc")
+    return writes_into(named(pool_nchwc, "pool_nchwc"))
 
 
 @register_kernel("GlobalAveragePoolNCHWc", "global_pool_nchwc", domain=FUSED_DOMAIN, supports=_supports_pool)
@@ -571,13 +571,13 @@ def build_global_pool(node: Node, inputs: list, outputs: list):
     """Blocked global pooling (accelerates ai.tinyinfer:GlobalAveragePoolNCHWc, GlobalMaxPoolNCHWc): float32."""
     is_max = node.op_type == "GlobalMaxPoolNCHWc"
 
-    def global_pool_nchwc(node, x):
+    def global_pool_nchwc(node, x, out=None):
         n, count, _, _, block = x.shape
-        out = np.empty((n, count, 1, 1, block), np.float32)
-        _global_pool_nchwc(np.ascontiguousarray(x), out, is_max)
-        return out
+        y = output_buffer(out, (n, count, 1, 1, block))
+        _global_pool_nchwc(np.ascontiguousarray(x), y, is_max)
+        return y
 
-    return named(global_pool_nchwc, "global_pool_nchwc")
+    return writes_into(named(global_pool_nchwc, "global_pool_nchwc"))
 
 
 # ============================================================================ inspection and measurement

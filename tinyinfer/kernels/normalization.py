@@ -1,4 +1,4 @@
-"""Normalisation kernels: BatchNormalization (inference) and LRN, float32 NCHW, one pass each.
+"""Normalisation kernels: BatchNormalization (inference), ScaleShift and LRN, float32 NCHW, one pass each.
 
 The references (``tinyinfer/ops/normalization.py``) are written as whole-array NumPy
 expressions: clear, but each operator is one pass over the tensor (LRN's takes ten: square,
@@ -11,6 +11,10 @@ threads, these kernels make one parallel pass each:
   exactly as the reference does, and the kernel computes ``x * factor + shift`` rounding
   after the multiply and after the add, as NumPy does (no fused multiply-add, so the
   result is bit-identical to the reference).
+* ``scale_shift`` accelerates ``ai.tinyinfer:ScaleShift``, the per-channel affine map with an
+  activation that a BatchNormalization -> Relu pair becomes when no convolution can absorb
+  the BN (DenseNet's pre-activation blocks): one pass instead of two, the activation applied
+  by the conv kernels' store, :func:`~tinyinfer.kernels.epilogue.finish_row`.
 * ``lrn`` accelerates LRN (opset 1 on) for float32 4-D inputs: for each row of pixels, the
   window sum of squares over channels is added in the reference's order, and the power
   ``d ** beta`` uses square roots for beta = 0.5 and 0.75 (AlexNet's and Inception's value;
@@ -26,8 +30,8 @@ import numba
 import numpy as np
 
 from ..ir import Node
-from .epilogue import output_buffer
-from .registry import named, register_kernel, writes_into
+from .epilogue import ACTIVATION_CODES, FUSED_DOMAIN, epilogue_of, finish_row
+from .registry import named, output_buffer, register_kernel, writes_into
 
 
 def _float32_tensor(value, min_rank: int = 1) -> bool:
@@ -77,6 +81,57 @@ def _batchnorm_kernel(x, factor, shift, y):
         source, target = x[image, c], y[image, c]
         for i in range(size):
             target[i] = source[i] * f + s
+
+
+# ---------------------------------------------------------------------------- ScaleShift
+def per_channel_vector(constant: np.ndarray, shape) -> np.ndarray | None:
+    """A constant that broadcasts to ``shape`` varying along axis 1 only, as its C values (else None)."""
+    channels = shape[1]
+    if constant.ndim > len(shape):
+        return None
+    aligned = (1,) * (len(shape) - constant.ndim) + constant.shape
+    if aligned[0] != 1 or aligned[1] not in (1, channels) or any(d != 1 for d in aligned[2:]):
+        return None
+    return np.ascontiguousarray(np.broadcast_to(constant.reshape(-1), (channels,)), dtype=np.float32)
+
+
+def _supports_scale_shift(node: Node, inputs: list) -> bool:
+    x, scale, shift = inputs
+    if not _float32_tensor(x, 2) or node.attrs["activation"] not in ACTIVATION_CODES:
+        return False
+    return all(v.const is not None and per_channel_vector(v.const, x.shape) is not None for v in (scale, shift))
+
+
+@register_kernel("ScaleShift", "scale_shift", domain=FUSED_DOMAIN, supports=_supports_scale_shift)
+def build_scale_shift(node: Node, inputs: list, outputs: list):
+    """Per-channel ``act(x * scale + shift)`` (accelerates ai.tinyinfer:ScaleShift): float32, rank >= 2,
+    constant per-channel scale and shift, one pass per (image, channel) plane in parallel."""
+    x = inputs[0]
+    scale, shift = (per_channel_vector(v.const, x.shape) for v in inputs[1:3])
+    epilogue = epilogue_of(node)
+
+    def scale_shift(node, x, *constants, out=None):
+        n, c = x.shape[0], x.shape[1]
+        planes = np.ascontiguousarray(x).reshape(n, c, -1)
+        y = output_buffer(out, x.shape)
+        _scale_shift_kernel(planes, scale, shift, epilogue.code, epilogue.alpha, epilogue.beta, y.reshape(planes.shape))
+        return y
+
+    return writes_into(named(scale_shift, "scale_shift"))
+
+
+@numba.njit(cache=True, fastmath=True, parallel=True)
+def _scale_shift_kernel(x, scale, shift, code, alpha, beta, y):
+    """``y[n, c] = act(x[n, c] * scale[c] + shift[c])``: the product, then the shift and the
+    activation by the conv kernels' own store (:func:`finish_row`), while the plane is in cache."""
+    n, channels, size = x.shape
+    for task in numba.prange(n * channels):
+        image, c = task // channels, task % channels
+        source, target = x[image, c], y[image, c]
+        s = scale[c]
+        for i in range(size):
+            target[i] = source[i] * s
+        finish_row(target, target, size, shift[c], target, False, code, alpha, beta)
 
 
 # ---------------------------------------------------------------------------- LRN

@@ -24,8 +24,7 @@ import numpy as np
 from ..ir import Node
 from ..ops import OPS
 from .conv import BYTES_PER_SECOND, LAUNCH_SECONDS, pad_planes
-from .epilogue import output_buffer
-from .registry import named, register_kernel, writes_into
+from .registry import named, output_buffer, register_kernel, writes_into
 
 MAX, AVERAGE = 0, 1
 
@@ -91,14 +90,14 @@ def _build_pool(node, inputs, mode, name):
 
         return writes_into(named(maxpool, name))
 
-    def pool(node, x):
+    def pool(node, x, out=None):
         padded = pad_planes(x, window.pads_begin[0], window.pads_begin[1], padded_h, padded_w, fill)
-        y = np.empty((n, c, out_h, out_w), np.float32)
+        y = output_buffer(out, (n, c, out_h, out_w))
         _pool_kernel(padded, padded_w, mode, window.kernel[0], window.kernel[1], window.strides[0], window.strides[1],
                      window.dilations[0], window.dilations[1], scale, y)
         return y
 
-    return named(pool, name)
+    return writes_into(named(pool, name))
 
 
 def _counts(window, axis: int, size: int, include_pads: bool) -> np.ndarray:
@@ -205,14 +204,14 @@ def _cost_global(node, inputs):
 def build_global_averagepool(node: Node, inputs: list, outputs: list):
     """Global average pooling (accelerates GlobalAveragePool): float32 NCHW."""
 
-    def global_averagepool(node, x):
+    def global_averagepool(node, x, out=None):
         n, c, h, w = x.shape
         planes = np.ascontiguousarray(x, dtype=np.float32).reshape(n * c, h * w)
-        y = np.empty(n * c, np.float32)
-        _global_mean_kernel(planes, y)
-        return y.reshape(n, c, 1, 1)
+        y = output_buffer(out, (n, c, 1, 1))
+        _global_mean_kernel(planes, y.reshape(n * c))
+        return y
 
-    return named(global_averagepool, "global_averagepool")
+    return writes_into(named(global_averagepool, "global_averagepool"))
 
 
 @numba.njit(cache=True, fastmath=True, parallel=True)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+import numpy as np
+
 from ..ir import Node, Value
 
 Builder = Callable[[Node, list, list], Callable]
@@ -91,6 +93,16 @@ def writes_into(fn: Callable) -> Callable:
     """
     fn.writes_out = True
     return fn
+
+
+def output_buffer(out, shape, dtype=np.float32) -> np.ndarray:
+    """Where a kernel writes its (first) result: the runtime's planned array ``out[0]`` when it
+    is given and fits (this dtype, C-ordered, this shape), else a new array."""
+    target = out[0] if out else None
+    if (target is not None and target.dtype == dtype and target.flags.c_contiguous
+            and tuple(target.shape) == tuple(shape)):
+        return target
+    return np.empty(shape, dtype)
 
 
 def named(fn: Callable, name: str) -> Callable:

@@ -95,10 +95,10 @@ from ..ir import Node
 from .conv import (BYTES_PER_SECOND, DEFAULT_GEMM, GEMM_FLOPS_PER_SECOND, LAUNCH_SECONDS, PACKED_GEMM,
                    ConvGeometry, float32_conv2d, pad_planes)
 from .epilogue import (CLIP, FUSED_DOMAIN, IDENTITY, RELU, Epilogue, activate, bias_or_zeros, epilogue_of,
-                       finish_row, output_buffer, residual_or_placeholder)
+                       finish_row, residual_or_placeholder)
 from .gemm import (KC as KC_, LANES as LANES_, MR as MR_, NR as NR_, _micro_kernel, vector_fma, vector_load,
                    vector_load_first, vector_splat, vector_store_first, vector_zero)
-from .registry import named, register_kernel, writes_into
+from .registry import named, output_buffer, register_kernel, writes_into
 
 #: Interpolation points (infinity is always added) of the two algorithms.
 POINTS_F2 = (0, 1, -1)

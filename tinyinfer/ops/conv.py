@@ -97,9 +97,17 @@ class Conv(Op):
 
 def conv_im2col(x: np.ndarray, w: np.ndarray, group: int, window: Window) -> np.ndarray:
     """Grouped N-d convolution as one batched matrix product over the im2col matrix."""
+    out_channels = w.shape[0]
+    columns = im2col(x, group, window)
+    kernels = w.reshape(group, out_channels // group, -1)
+    y = np.matmul(kernels, columns)  # (n, group, M/group, output pixels)
+    return y.reshape(x.shape[0], out_channels, *window.output)
+
+
+def im2col(x: np.ndarray, group: int, window: Window) -> np.ndarray:
+    """The im2col matrix: ``(n, group, C/group · taps, output pixels)``, rows ordered like ``W.reshape(M, -1)``."""
     n, channels = x.shape[:2]
-    out_channels, kernel = w.shape[0], w.shape[2:]
-    rank = len(kernel)
+    rank = len(window.extent)
     padded = pad_for_windows(x, window)
     grouped = padded.reshape(n, group, channels // group, *padded.shape[2:])
     # (n, group, c/group, *positions, *extent): every window of the padded input, no copy yet.
@@ -109,10 +117,7 @@ def conv_im2col(x: np.ndarray, w: np.ndarray, group: int, window: Window) -> np.
     windows = windows[(slice(None),) * 3 + outputs + taps]
     # Columns: one row per (input channel, tap), one column per output pixel. This copies.
     order = (0, 1, 2, *range(3 + rank, 3 + 2 * rank), *range(3, 3 + rank))
-    columns = windows.transpose(order).reshape(n, group, -1, int(np.prod(window.output)))
-    kernels = w.reshape(group, out_channels // group, -1)
-    y = np.matmul(kernels, columns)  # (n, group, M/group, output pixels)
-    return y.reshape(n, out_channels, *window.output)
+    return windows.transpose(order).reshape(n, group, -1, int(np.prod(window.output)))
 
 
 # ---------------------------------------------------------------------------- ConvTranspose

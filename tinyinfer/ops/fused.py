@@ -10,7 +10,8 @@ op                                 computes
 ``FusedConv(X, W, [B], [Z])``      ``act(Conv(X, W, B) + Z)`` — a conv, an optional residual, an
                                    activation (ONNX Runtime's FusedConv / Conv+Add+Relu fusion)
 ``FusedGemm(A, B, [C])``           ``act(Gemm(A, B, C))``
-``ScaleShift(X, scale, shift)``    ``X * scale + shift`` (both broadcast to X: a per-channel affine)
+``ScaleShift(X, scale, shift)``    ``act(X * scale + shift)`` (both broadcast to X: a per-channel affine,
+                                   e.g. an inference BatchNormalization, and its activation)
 ``Gelu(X)``                        Gelu-20 for models that import an older opset
 ``LayerNormalization(X, S, [B])``  LayerNormalization-17 for models that import an older opset
 =================================  ==================================================================
@@ -157,16 +158,21 @@ class FusedGemm(Op):
 # ---------------------------------------------------------------------------- ScaleShift
 @register
 class ScaleShift(Op):
-    """``Y = X * scale + shift``; scale and shift broadcast *to* X (Y has X's shape).
+    """``Y = act(X * scale + shift)``; scale and shift broadcast *to* X (Y has X's shape).
 
     What a chain ``Mul(X, s) -> Add(., t)`` of constants computes, in one pass over X: an
-    inference-mode batch norm, or the per-channel affine maps of Caffe's Scale layer.
+    inference-mode batch norm, or the per-channel affine maps of Caffe's Scale layer. The
+    activation lets a pre-activation block (DenseNet's BatchNormalization -> Relu before
+    each convolution, whose BN no convolution can absorb) run as one pass instead of two.
     """
 
     op_type = "ScaleShift"
     domain = DOMAIN
     since = 1
-    attributes = {}
+    attributes = dict(_ACTIVATION_ATTRIBUTES)
+
+    def check(self, node):
+        _check_activation(node)
 
     def infer(self, node, inputs):
         require_inputs(node, inputs, 3)
@@ -178,7 +184,8 @@ class ScaleShift(Op):
         return [out(node, 0, x.dtype, x.shape)]
 
     def reference(self, node, x, scale, shift):
-        return (x * scale.astype(x.dtype, copy=False) + shift.astype(x.dtype, copy=False)).astype(x.dtype, copy=False)
+        y = (x * scale.astype(x.dtype, copy=False) + shift.astype(x.dtype, copy=False)).astype(x.dtype, copy=False)
+        return apply_activation(y, node.attrs["activation"], node.attrs["activation_params"]).astype(x.dtype, copy=False)
 
 
 # ---------------------------------------------------------------------------- Gelu, LayerNormalization
@@ -340,8 +347,13 @@ def _decompose_fused_gemm(emit: _Emitter, node: Node) -> list[Node]:
 
 def _decompose_scale_shift(emit: _Emitter, node: Node) -> list[Node]:
     x, scale, shift = node.inputs
-    scaled = emit.tensor("scaled")
-    return [emit.make("Mul", [x, scale], [scaled]), emit.make("Add", [scaled, shift], node.outputs[:1])]
+    activation = node.attrs["activation"]
+    result = node.outputs[0]
+    scaled, shifted = emit.tensor("scaled"), result if activation == "Identity" else emit.tensor("shifted")
+    nodes = [emit.make("Mul", [x, scale], [scaled]), emit.make("Add", [scaled, shift], [shifted])]
+    if activation != "Identity":
+        nodes += emit.activation(shifted, result, activation, node.attrs["activation_params"], _dtype_of(emit.graph, node))
+    return nodes
 
 
 def _decompose_gelu(emit: _Emitter, node: Node) -> list[Node]:

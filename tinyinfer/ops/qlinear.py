@@ -15,6 +15,9 @@ op                                                          computes
 ``QLinearConcat(y_s, y_zp, X1, x1_s, x1_zp, ...)``          ``Q(Concat(DQ(X1), DQ(X2), ...))`` (``axis``)
 ``QLinearGlobalAveragePool(X, x_s, x_zp, y_s, y_zp)``       ``Q(GlobalAveragePool(DQ(X)))``
 ``QLinearAveragePool(X, x_s, x_zp, y_s, y_zp)``             ``Q(AveragePool(DQ(X)))`` (AveragePool's attributes)
+``QLinearConvAdd(X, x_s, x_zp, W, w_s, w_zp, c_s, c_zp,``   ``QLinearAdd(QLinearConv(X, ..., B), c_s, c_zp,
+``[B], Z, z_s, z_zp, y_s, y_zp)``                             Z, z_s, z_zp, y_s, y_zp)``: a ResNet block's last
+                                                            conv with its residual add (Conv's attributes)
 ==========================================================  =================================================
 
 ``DQ(q) = (q - zp) · s`` and ``Q(r) = saturate(round_half_even(r / s) + zp)`` exactly as ONNX
@@ -249,6 +252,53 @@ class QLinearAveragePool(_QLinearPool):
     attributes = dict(OPS[("", "AveragePool")].attributes)
 
 
+# ---------------------------------------------------------------------------- QLinearConvAdd
+@register
+class QLinearConvAdd(Op):
+    """``Y = QLinearAdd(QLinearConv(X, x_s, x_zp, W, w_s, w_zp, c_s, c_zp, B), c_s, c_zp, Z, z_s, z_zp, y_s, y_zp)``.
+
+    The pair a QDQ ResNet folds into at every residual join: the block's last convolution,
+    quantized to ``(c_s, c_zp)`` as the model says, then added to the shortcut Z (of the
+    conv output's shape) and quantized to ``(y_s, y_zp)``. One node lets a kernel do both in
+    the conv's store, while the conv's tile is in registers, instead of writing the conv's
+    output and reading it back for the add. B may be left out (an empty name).
+    """
+
+    op_type = "QLinearConvAdd"
+    domain = DOMAIN
+    since = 1
+    attributes = dict(OPS[("", "QLinearConv")].attributes)
+
+    def check(self, node):
+        OPS[("", "QLinearConv")].check(node)
+
+    def infer(self, node, inputs):
+        if len(node.inputs) != 14 or any(v is None for i, v in enumerate(inputs) if i != 8):
+            raise fail(node, f"expects 14 inputs (only B, the 9th, may be empty), got {node.inputs}")
+        (c,) = OPS[("", "QLinearConv")].infer(_conv_node(node), inputs[:9])
+        z = inputs[9]
+        _check_quantized(node, z, "Z")
+        for index, what in ((10, "z_scale"), (11, "z_zero_point"), (12, "y_scale")):
+            _check_scalar(node, inputs[index], what)
+        if z.shape is not None and c.shape is not None and (len(z.shape) != len(c.shape) or any(
+                isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(z.shape, c.shape))):
+            raise fail(node, f"Z must have the conv output's shape {list(c.shape)}, got {list(z.shape)}")
+        return [out(node, 0, _output_type(node, inputs[13]), c.shape)]
+
+    def reference(self, node, x, x_scale, x_zero_point, w, w_scale, w_zero_point, c_scale, c_zero_point, bias,
+                  z, z_scale, z_zero_point, y_scale, y_zero_point):
+        c = OPS[("", "QLinearConv")].reference(_conv_node(node), x, x_scale, x_zero_point, w, w_scale, w_zero_point,
+                                               c_scale, c_zero_point, bias)
+        add = Node("QLinearAdd", ["c", *node.inputs[6:8], *node.inputs[9:]], node.outputs[:1], {}, DOMAIN, node.name, 1)
+        return OPS[(DOMAIN, "QLinearAdd")].reference(add, c, c_scale, c_zero_point, z, z_scale, z_zero_point,
+                                                     y_scale, y_zero_point)
+
+
+def _conv_node(node: Node) -> Node:
+    """The QLinearConv inside a QLinearConvAdd (its first nine inputs, B possibly empty)."""
+    return Node("QLinearConv", node.inputs[:9], ["c"], dict(node.attrs), "", node.name, FLOAT_OPSET)
+
+
 # ============================================================================ decomposition
 #: op type -> (float op, positions of (tensor, scale, zero point) inputs, position of (y_s, y_zp)).
 _LAYOUTS = {
@@ -267,7 +317,7 @@ def decompose_qlinear(graph: Graph) -> Graph:
     back unchanged (as a copy).
     """
     graph = graph.copy()
-    kinds = {"QLinearGemm", "QLinearConcat", *_LAYOUTS}
+    kinds = {"QLinearGemm", "QLinearConcat", "QLinearConvAdd", *_LAYOUTS}
     if not any(node.domain == DOMAIN and node.op_type in kinds for node in graph.nodes):
         return graph
     opset = max(graph.opset.get("", 13), 13)
@@ -304,6 +354,12 @@ def decompose_qlinear(graph: Graph) -> Graph:
                 nodes.append(make("Mul", [a_s, b_s], [bias_scale]))
                 inputs.append(dq(bias, bias_scale, "", axis=0 if per_column else None))
             nodes.append(make("Gemm", inputs, [real_y], transB=trans_b))
+        elif node.op_type == "QLinearConvAdd":
+            conv_inputs, (z, z_s, z_z, y_s, y_z) = node.inputs[:9], node.inputs[9:]
+            c = fresh(f"{y}/conv")
+            conv_attrs = {k: v for k, v in node.attrs.items() if v is not None}
+            nodes.append(make("QLinearConv", conv_inputs if conv_inputs[8] else conv_inputs[:8], [c], **conv_attrs))
+            nodes.append(make("Add", [dq(c, *conv_inputs[6:8]), dq(z, z_s, z_z)], [real_y]))
         elif node.op_type == "QLinearConcat":
             y_s, y_z = node.inputs[:2]
             triples = [node.inputs[i:i + 3] for i in range(2, len(node.inputs), 3)]

@@ -11,8 +11,9 @@ make up this module:
   quantizing). ``MatMul + Add`` becomes one ``Gemm``.
 * **fusing** replaces a chain by one node of the ``ai.tinyinfer`` domain
   (``tinyinfer/ops/fused.py``) or by the standard op the chain spells out: Conv or Gemm plus
-  activation, Conv plus residual Add plus activation (as ONNX Runtime's FusedConv), the
-  ten-node decomposed LayerNormalization, the five-node decomposed GELU.
+  activation, Conv plus residual Add plus activation (as ONNX Runtime's FusedConv), a
+  BatchNormalization no conv can absorb plus its activation (one ScaleShift), the ten-node
+  decomposed LayerNormalization, the five-node decomposed GELU.
 
 Every pass matches conservatively: an intermediate tensor of a chain must have exactly one
 reader and must not be a graph output, constants must be known before running, and shapes
@@ -600,12 +601,10 @@ def _absorb_affine(r: Rewriter, node: Node) -> bool:
         folded = s is not None and t is not None and _fold_affine_into(r, producer, s, t)
     elif producer.op_type == "BatchNormalization" and not producer.domain and _batchnorm_affine(r, producer):
         folded = _fold_affine_into_batchnorm(r, producer, scale, shift, rank)
-    elif producer.op_type == "ScaleShift" and producer.domain == DOMAIN:
+    elif producer.op_type == "ScaleShift" and producer.domain == DOMAIN and producer.attrs["activation"] == "Identity":
         folded = _fold_affine_into_scale_shift(r, producer, scale, shift)
     if folded:
-        producer.outputs[0] = node.outputs[0]
-        r.remove(node)
-        r.note(f"folded {label(node)} into {label(producer)}")
+        _swallow(r, producer, node, "folded")
     return folded
 
 
@@ -772,22 +771,40 @@ def _fuse_residual(r: Rewriter, add: Node) -> bool:
     return False
 
 
-def _fuse_activation(r: Rewriter, act: Node) -> bool:
+def _activation_source(r: Rewriter, act: Node) -> tuple[list[float], Node] | None:
+    """The activation's parameters and the node computing its float input, when only it reads that."""
     y = act.inputs[0]
     params = _activation_params(r, act)
     producer = r.producer(y)
     if params is None or producer is None or not r.is_private(y) or not r.is_float(y):
+        return None
+    return params, producer
+
+
+def _absorb_activation(r: Rewriter, producer: Node, act: Node, params: list[float]) -> bool:
+    """Make a fused node (FusedConv, FusedGemm, ScaleShift) without an activation end with ``act``."""
+    producer.attrs["activation"] = act.op_type
+    producer.attrs["activation_params"] = params or None
+    _swallow(r, producer, act, "fused")
+    return True
+
+
+def _swallow(r: Rewriter, producer: Node, follower: Node, verb: str) -> None:
+    """``producer`` now computes what ``follower`` did (its output); ``follower`` goes."""
+    producer.outputs[0] = follower.outputs[0]
+    r.remove(follower)
+    r.note(f"{verb} {label(follower)} into {label(producer)}")
+
+
+def _fuse_activation(r: Rewriter, act: Node) -> bool:
+    source = _activation_source(r, act)
+    if source is None:
         return False
+    params, producer = source
     standard = producer.op_type in ("Conv", "Gemm") and not producer.domain
-    fused = (producer.domain == DOMAIN and producer.op_type in ("FusedConv", "FusedGemm")
-             and producer.attrs["activation"] == "Identity")
-    if fused:
-        producer.attrs["activation"] = act.op_type
-        producer.attrs["activation_params"] = params or None
-        producer.outputs[0] = act.outputs[0]
-        r.remove(act)
-        r.note(f"fused {label(act)} into {label(producer)}")
-        return True
+    if (producer.domain == DOMAIN and producer.op_type in ("FusedConv", "FusedGemm")
+            and producer.attrs["activation"] == "Identity"):
+        return _absorb_activation(r, producer, act, params)
     if not standard or "broadcast" in producer.attrs:  # Gemm before opset 7 has no fused twin
         return False
     op_type = "FusedConv" if producer.op_type == "Conv" else "FusedGemm"
@@ -813,6 +830,47 @@ def _activation_params(r: Rewriter, act: Node) -> list[float] | None:
             return None
         bounds.append(float(value))
     return bounds
+
+
+@register_pass("fuse_scale_shift_activation", "O2")
+def fuse_scale_shift_activation(graph: Graph) -> list[str]:
+    """Fuse an inference BatchNormalization (or a ScaleShift) and the activation after it
+    into one ``ai.tinyinfer:ScaleShift``: ``y = act(x * s + t)`` in one pass over x.
+
+    The pre-activation blocks of DenseNet (Huang et al., 2017) run BN -> Relu -> Conv on the
+    output of a Concat: no convolution precedes the BN to absorb it (``fold_batchnorm``), and
+    the Relu follows a BN rather than a conv (``fuse_conv_activation``). This pass runs after
+    both, so it only takes the pairs they leave.
+    """
+    r = Rewriter(graph)
+    for act in [n for n in graph.nodes if n.op_type in _FUSABLE_ACTIVATIONS and not n.domain]:
+        _fuse_scale_shift_activation_at(r, act)
+    return r.finish()
+
+
+def _fuse_scale_shift_activation_at(r: Rewriter, act: Node) -> bool:
+    source = _activation_source(r, act)
+    if source is None:
+        return False
+    params, producer = source
+    if producer.op_type == "ScaleShift" and producer.domain == DOMAIN and producer.attrs["activation"] == "Identity":
+        return _absorb_activation(r, producer, act, params)
+    y = act.inputs[0]
+    shape = r.shape(y)
+    affine = _batchnorm_affine(r, producer) if producer.op_type == "BatchNormalization" and not producer.domain else None
+    if affine is None or shape is None or len(shape) < 2:
+        return False
+    dtype = r.dtype(y)
+    per_channel = (-1, *(1,) * (len(shape) - 2))  # broadcasts along axis 1 of X, as BN normalizes
+    stem = producer.name or producer.inputs[0]
+    inputs = [producer.inputs[0], r.constant(f"{stem}_scale", affine[0].reshape(per_channel).astype(dtype)),
+              r.constant(f"{stem}_shift", affine[1].reshape(per_channel).astype(dtype))]
+    attrs = {"activation": act.op_type, "activation_params": params or None}
+    node = Node("ScaleShift", inputs, [act.outputs[0]], attrs, DOMAIN, producer.name)
+    _use_domain(r, node)
+    r.replace([producer, act], node)
+    r.note(f"fused {label(producer)} and {label(act)} into ScaleShift")
+    return True
 
 
 @register_pass("remove_dead_after_fusion", "O2")

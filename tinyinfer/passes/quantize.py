@@ -20,6 +20,9 @@ DQ(x) → MaxPool / Reshape / ... → Q        the same op on the integers (when
                                            point are DQ's: max and moves commute with the affine map)
 =========================================  ==========================================================
 
+A second pass, :func:`fuse_qlinear_conv_add`, then joins each ``QLinearConv → QLinearAdd``
+pair (a residual block's last conv and its shortcut add) into ``ai.tinyinfer:QLinearConvAdd``.
+
 A Relu (or a Clip) between the op and the Q is absorbed when the Q's saturation already
 performs it: ``Q(relu(y)) = max(Q(y), zero_point)``, which is ``Q(y)`` itself when the zero
 point is the type's minimum (a range that starts at 0, as the quantizer gives a Relu's output).
@@ -63,6 +66,32 @@ def fold_qdq(graph: Graph) -> list[str]:
         if fold is not None:
             fold(r, node)
     _remove_unread_dequantize(r)
+    return r.finish()
+
+
+@register_pass("fuse_qlinear_conv_add", "O2")
+def fuse_qlinear_conv_add(graph: Graph) -> list[str]:
+    """Fuse ``QLinearConv → QLinearAdd`` (a residual join) into one ``ai.tinyinfer:QLinearConvAdd``.
+
+    After :func:`fold_qdq`, a ResNet block ends with a QLinearConv whose only reader is the
+    QLinearAdd of the shortcut (its Relu folded into the add's saturation). One node computes
+    the same integers: the conv's requantized output never leaves the kernel's store.
+    """
+    r = Rewriter(graph)
+    for add in [n for n in graph.nodes if n.op_type == "QLinearAdd" and n.domain == DOMAIN]:
+        for position in (0, 3):
+            conv = r.producer(add.inputs[position], "QLinearConv")
+            shortcut = add.inputs[3 - position]
+            if conv is None or conv.domain or not r.is_private(add.inputs[position]):
+                continue
+            if not (r.same_shape(add.inputs[position], shortcut) and r.same_shape(shortcut, add.outputs[0])):
+                continue
+            conv_inputs = [*conv.inputs, *[""] * (9 - len(conv.inputs))]
+            inputs = [*conv_inputs[:6], *add.inputs[position + 1:position + 3], conv_inputs[8],
+                      *add.inputs[3 - position:6 - position], *add.inputs[6:8]]
+            _replace(r, [conv, add], "QLinearConvAdd", DOMAIN, inputs, add.outputs[0], dict(conv.attrs),
+                     conv.name or add.outputs[0])
+            break
     return r.finish()
 
 

@@ -20,6 +20,11 @@ result is copied in, so whatever ran, the tensor sits where the plan put it and 
 allocates nothing but its outputs. Views (Reshape, Flatten, ...) share their input's bytes.
 Graph outputs never live in the arena: they belong to the caller after the run. Arenas are
 kept in a small pool, so two threads running the same plan at once each get their own.
+
+**The loop.** Each arena keeps the steps unpacked into tuples (function, node, input slots,
+...), so the loop looks up no attributes per node, and a kernel that wrote its one result
+where the plan put it costs the loop a single identity test. A plan's steps are therefore
+fixed once it has run.
 """
 
 from __future__ import annotations
@@ -53,6 +58,11 @@ class Step:
     # an input's arena bytes, or None for memory of its own (unknown size, graph output).
     places: tuple = ()
     writes_out: bool = False  # fn accepts out= (arrays to write its results into)
+    # Prepared for the run loop: the input slots with an omitted input reading a slot that
+    # always holds None, and whether the step's one output goes to a planned arena array
+    # (then a result that *is* that array needs no further handling).
+    reads: tuple[int, ...] = ()
+    one_planned_output: bool = False
 
 
 class Arena:
@@ -64,6 +74,10 @@ class Arena:
         start = -raw.ctypes.data % ALIGNMENT  # the arena starts on a 64-byte boundary
         self.buffer = raw[start:start + nbytes]
         self.outs = [tuple(self._view(p) for p in step.places) for step in plan.steps]
+        # What the run loop reads of each step, unpacked once (attribute look-ups cost per node)
+        self.calls = [(step, step.fn, step.node, step.reads, step.writes_out,
+                       step.outputs[0] if step.one_planned_output else -1, step.record, step.release, outs)
+                      for step, outs in zip(plan.steps, self.outs)]
 
     def _view(self, place):
         if not isinstance(place, tuple):
@@ -113,51 +127,56 @@ class Plan:
         for index, array in zip(self.input_slots, feeds):
             slots[index] = array
         clock = time.perf_counter_ns
-        for step, outs in zip(self.steps, arena.outs):
-            args = [slots[i] if i >= 0 else None for i in step.inputs]
+        for step, fn, node, reads, writes_out, planned_slot, record, release, outs in arena.calls:
+            args = [slots[i] for i in reads]
             start = clock()
             try:
-                if step.writes_out:
-                    results = step.fn(step.node, *args, out=outs)
-                else:
-                    results = step.fn(step.node, *args)
+                results = fn(node, *args, out=outs) if writes_out else fn(node, *args)
             except TinyInferError:
                 raise
             except Exception as exc:
                 raise ExecutionError(
-                    f"{node_label(step.node)} failed on inputs {[describe(a) for a in args]}: "
+                    f"{node_label(node)} failed on inputs {[describe(a) for a in args]}: "
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
-            if isinstance(results, np.ndarray) or not isinstance(results, (list, tuple)):
-                results = (results,)
-            if len(results) < len(step.outputs):
-                # Trailing outputs the model leaves out ("") need no result.
-                needed = max((i + 1 for i, index in enumerate(step.outputs) if index >= 0), default=0)
-                if len(results) < needed:
-                    raise ExecutionError(f"{node_label(step.node)} returned {len(results)} outputs, expected {needed}")
-            if check_shapes:
-                _check(step, results)
-            for index, result, value, place, out in zip(step.outputs, results, step.expected, step.places, outs):
-                if index < 0:
-                    continue
-                if out is not None:
-                    if result is not out:
-                        _copy_into(step, out, result)
-                    result = out
-                elif place is None:
-                    result = _own(result, arena.buffer)
-                elif value.kind == "tensor":  # a view of its input, which the plan keeps alive
-                    result = np.asarray(result)
-                slots[index] = result
-            step.record.total_ns += clock() - start
-            step.record.calls += 1
+            if planned_slot >= 0 and results is outs[0]:  # the common case: written where planned
+                slots[planned_slot] = results
+            else:
+                _store(step, results, outs, slots, arena.buffer, check_shapes)
+            record.total_ns += clock() - start
+            record.calls += 1
             if observe is not None:
-                for name, index in zip(step.node.outputs, step.outputs):
+                for name, index in zip(node.outputs, step.outputs):
                     if index >= 0:
                         observe(name, slots[index])
-            for index in step.release:
+            for index in release:
                 slots[index] = None
         return [slots[self.output_slots[name]] for name in wanted]
+
+
+def _store(step: Step, results, outs: tuple, slots: list, buffer: np.ndarray, check_shapes: bool) -> None:
+    """Put a step's results in their slots: copied to their arena places, or kept as returned."""
+    if isinstance(results, np.ndarray) or not isinstance(results, (list, tuple)):
+        results = (results,)
+    if len(results) < len(step.outputs):
+        # Trailing outputs the model leaves out ("") need no result.
+        needed = max((i + 1 for i, index in enumerate(step.outputs) if index >= 0), default=0)
+        if len(results) < needed:
+            raise ExecutionError(f"{node_label(step.node)} returned {len(results)} outputs, expected {needed}")
+    if check_shapes:
+        _check(step, results)
+    for index, result, value, place, out in zip(step.outputs, results, step.expected, step.places, outs):
+        if index < 0:
+            continue
+        if out is not None:
+            if result is not out:
+                _copy_into(step, out, result)
+            result = out
+        elif place is None:
+            result = _own(result, buffer)
+        elif value.kind == "tensor":  # a view of its input, which the plan keeps alive
+            result = np.asarray(result)
+        slots[index] = result
 
 
 def _copy_into(step: Step, out: np.ndarray, result) -> None:
@@ -246,6 +265,10 @@ def compile_plan(graph: Graph, input_values: dict[str, Value], kernel_for: Calla
             template[index] = values[value.name].const
     _plan_releases(steps, set(output_slots.values()) | set(input_slots), template)
     memory = _place_tensors(graph, steps, values, arena)
+    none_slot = len(template)  # never written: what an omitted optional input reads
+    template.append(None)
+    for step in steps:
+        step.reads = tuple(i if i >= 0 else none_slot for i in step.inputs)
     return Plan(steps, template, input_slots, output_slots, values, memory)
 
 
@@ -266,6 +289,7 @@ def _place_tensors(graph: Graph, steps: list[Step], values: dict[str, Value], ar
                 places.append((memory.offset_of(name), value.dtype, tuple(value.shape)))
         step.places = tuple(places)
         step.writes_out = bool(getattr(step.fn, "writes_out", False))
+        step.one_planned_output = len(step.outputs) == 1 and isinstance(step.places[0], tuple)
     return memory
 
 
