@@ -234,3 +234,14 @@ def test_cli_prune_writes_the_shrunk_and_the_masked_model(tmp_path, capsys):
     np.testing.assert_allclose(run_ort(onnx.load(str(out)), x), run_ort(onnx.load(str(masked)), x), atol=1e-5)
     assert main(["prune", str(source), str(out), "--ratio", "2"]) == 1
     assert "ratio must be a number in (0, 1)" in capsys.readouterr().err
+
+
+def test_kept_channels_round_up_to_a_multiple():
+    model = build("mobilenet_v2", resolution=64)
+    report = prune(model, method="bn-scale", ratio=0.5, multiple_of=8)
+    kept = [after for before, after in report.channels.values() if after != before]
+    assert kept and all(k % 8 == 0 for k in kept)
+    plain = prune(model, method="bn-scale", ratio=0.5)
+    assert report.macs_after >= plain.macs_after  # rounding up keeps more
+    with pytest.raises(PruneError, match="multiple_of must be a positive integer"):
+        prune(model, method="l1-channel", ratio=0.5, multiple_of=0)

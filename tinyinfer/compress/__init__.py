@@ -16,6 +16,8 @@ The modules, in the order the chapter builds them:
 * :mod:`.qdq` — whether a model is quantized, and its float twin;
 * :mod:`.prune` — magnitude and channel pruning (the graph physically shrinks);
 * :mod:`.cluster` — weight sharing by k-means and Deep Compression's size table;
+* :mod:`.finetune`, :mod:`.distill` — pruning with fine-tuning (gradual, one-shot, channels,
+  network slimming) and knowledge distillation, on the trainer below;
 * :mod:`.backward`, :mod:`.train`, :mod:`.data` — gradients over the engine's own graphs, the
   :class:`Trainer` that uses them, and the digits data it trains on (the methods that need
   training build on these).
@@ -30,6 +32,9 @@ from .ptq import CalibrationDataReader, NpzDataReader, quantize_dynamic, quantiz
 from .backward import RULES, kl_divergence, softmax_cross_entropy
 from .data import DigitsSplit, digits_split, minibatches
 from .train import SGD, Adam, Trainer
+from .finetune import (GradualPruningTrainer, MaskedTrainer, Recipe, SlimmingTrainer, cubic_sparsity,
+                       prune_channels_and_finetune, prune_gradually, prune_once_and_finetune, train_slimming)
+from .distill import DistillationTrainer, distillation_loss, distillation_study
 
 __all__ = [
     "QuantParams", "compute_params", "quantize", "dequantize", "fake_quantize", "pack_int4", "unpack_int4",
@@ -37,4 +42,7 @@ __all__ = [
     "quantize_static", "quantize_dynamic", "CalibrationDataReader", "NpzDataReader",
     "RULES", "softmax_cross_entropy", "kl_divergence", "DigitsSplit", "digits_split", "minibatches",
     "Trainer", "SGD", "Adam",
+    "MaskedTrainer", "GradualPruningTrainer", "SlimmingTrainer", "Recipe", "cubic_sparsity", "prune_gradually",
+    "prune_once_and_finetune", "prune_channels_and_finetune", "train_slimming",
+    "DistillationTrainer", "distillation_loss", "distillation_study",
 ]

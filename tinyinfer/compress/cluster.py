@@ -28,10 +28,9 @@ import itertools
 from typing import Any
 
 import numpy as np
-import onnx
 
 from ..errors import TinyInferError
-from ..ir import Graph
+from .prune import export_checked, prunable_graph, prunable_weights
 
 
 class ClusterError(TinyInferError):
@@ -145,11 +144,9 @@ def cluster_weights(model: Any, bits: int | dict[str, int] = 4, *, init: str = "
     ``2^bits`` k-means centroids (``bits`` per weight name, or one for all), zeros kept.
     ``codebooks`` maps weight name -> ``(centroids, indices)`` with index 0 … 2^b − 1 per
     non-zero weight in row-major order."""
-    from .prune import _float_graph, _prunable_weights
-
-    graph = _float_graph(model)
+    graph = prunable_graph(model)
     codebooks = {}
-    for name in _prunable_weights(graph):
+    for name in prunable_weights(graph):
         b = bits.get(name, 8) if isinstance(bits, dict) else bits
         if not isinstance(b, int) or not 1 <= b <= 16:
             raise ClusterError(f"bits must be an integer from 1 to 16, got {b!r} for '{name}'")
@@ -162,7 +159,7 @@ def cluster_weights(model: Any, bits: int | dict[str, int] = 4, *, init: str = "
         shared[nonzero] = centroids[labels].astype(weight.dtype)
         graph.initializers[name] = shared
         codebooks[name] = (centroids.astype(np.float32), labels)
-    return _to_onnx(graph), codebooks
+    return export_checked(graph), codebooks
 
 
 def deep_compression_table(model: Any, *, conv_bits: int = 8, fc_bits: int = 5, conv_index_bits: int = 8,
@@ -170,11 +167,9 @@ def deep_compression_table(model: Any, *, conv_bits: int = 8, fc_bits: int = 5, 
     """The paper's compression table for a (pruned) model: per Conv / Gemm / MatMul weight,
     its size dense, pruned (CSR-like with relative indices), pruned + quantized (``conv_bits``
     / ``fc_bits`` per weight, the paper's 8 and 5) and + Huffman-coded."""
-    from .prune import _float_graph, _prunable_weights
-
-    graph = _float_graph(model)
+    graph = prunable_graph(model)
     rows = []
-    for name in _prunable_weights(graph):
+    for name in prunable_weights(graph):
         weight = graph.initializers[name]
         kind = "conv" if weight.ndim > 2 else "fc"
         bits = conv_bits if kind == "conv" else fc_bits
@@ -219,9 +214,3 @@ def _total(rows: list[LayerCompression]) -> LayerCompression:
 
     return LayerCompression("total", "", total("weights"), total("nonzero"), total("dense_bits"), total("entries"),
                             0, 0, total("pruned_bits"), total("quantized_bits"), total("huffman_bits"))
-
-
-def _to_onnx(graph: Graph) -> onnx.ModelProto:
-    from .prune import _export
-
-    return _export(graph)

@@ -116,39 +116,44 @@ class PruneReport:
 
 
 def prune(model_in: Any, model_out: str | os.PathLike | None = None, *, method: str = "l1-channel",
-          ratio: float = 0.5, scope: str = "layer", masked_out: str | os.PathLike | None = None) -> PruneReport:
+          ratio: float = 0.5, scope: str = "layer", masked_out: str | os.PathLike | None = None,
+          multiple_of: int = 1) -> PruneReport:
     """Prune ``model_in`` (path, bytes, ModelProto or Graph) with ``method`` (see
     :data:`METHODS`) at ``ratio`` (the share of weights or channels removed, in (0, 1)).
 
     ``scope`` (magnitude only): ``layer`` prunes each weight by its own threshold, ``global``
     uses one threshold over all weights. ``model_out`` / ``masked_out``: where to save the
-    pruned model and, for the channel methods, the same-size masked model.
+    pruned model and, for the channel methods, the same-size masked model. ``multiple_of``
+    (channel methods): round each layer's kept channels up to a multiple of this (8 suits
+    SIMD-blocked kernels; the ratio is then a little under what was asked).
     """
     if method not in METHODS:
         raise PruneError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
     if not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) < 1.0:
         raise PruneError(f"ratio must be a number in (0, 1) (the share removed), got {ratio!r}")
+    if not isinstance(multiple_of, int) or multiple_of < 1:
+        raise PruneError(f"multiple_of must be a positive integer, got {multiple_of!r}")
     if scope not in ("layer", "global"):
         raise PruneError(f"scope must be 'layer' or 'global', got {scope!r}")
     if masked_out is not None and method == "magnitude":
         raise PruneError("--emit-masked applies to the channel methods (l1-channel, bn-scale); "
                          "magnitude pruning already keeps the model's size")
-    graph = _float_graph(model_in)
+    graph = prunable_graph(model_in)
     report = PruneReport(method, float(ratio), scope, model=None)  # type: ignore[arg-type]
     report.params_before, report.macs_before = _size(graph)
     if method == "magnitude":
         pruned = graph.copy()
-        weights = _prunable_weights(pruned)
+        weights = prunable_weights(pruned)
         for name, mask in magnitude_masks({n: pruned.initializers[n] for n in weights}, ratio, scope).items():
             pruned.initializers[name] = np.where(mask, pruned.initializers[name], 0).astype(pruned.initializers[name].dtype)
             report.sparsity[name] = 1.0 - float(mask.mean())
     else:
         plan = ChannelPlan(graph)
-        keep = plan.choose(ratio, method)
+        keep = plan.choose(ratio, method, multiple_of)
         pruned = plan.shrink(keep, report)
-        report.masked = _export(plan.mask(keep))
+        report.masked = export_checked(plan.mask(keep))
     report.params_after, report.macs_after = _size(pruned)
-    report.model = _export(pruned)
+    report.model = export_checked(pruned)
     _save(report.model, model_out)
     _save(report.masked, masked_out)
     return report
@@ -179,7 +184,7 @@ def _keep_largest(magnitudes: np.ndarray, ratio: float) -> np.ndarray:
     return keep
 
 
-def _prunable_weights(graph: Graph) -> list[str]:
+def prunable_weights(graph: Graph) -> list[str]:
     """The weight operands of Conv, Gemm and MatMul (not biases)."""
     names = []
     for node in graph.nodes:
@@ -388,8 +393,11 @@ class ChannelPlan:
                 feeding.update(n for n in node.present_inputs if n not in self.graph.initializers)
         return feeding
 
-    def choose(self, ratio: float, method: str) -> dict:
-        """The elements to keep: ``{element: bool}`` for every source element."""
+    def choose(self, ratio: float, method: str, multiple_of: int = 1) -> dict:
+        """The elements to keep: ``{element: bool}`` for every source element. With
+        ``multiple_of`` > 1, each layer group keeps a multiple of that many channels (the
+        best-scored of the removed ones come back): kernels that block channels by 8 (SIMD
+        lanes, ONNX Runtime's NCHWc) then run full blocks."""
         groups = self.classes()
         pinned_roots = {self.find(e) for e in self.pins}
         scores = self._scores(method)
@@ -422,6 +430,12 @@ class ChannelPlan:
                 for root in sorted(roots, key=ranked.get)[:drop]:
                     for e in groups[root]:
                         keep[e] = False
+        if multiple_of > 1:
+            for roots in by_layer.values():
+                removed = sorted((r for r in roots if not keep[groups[r][0]]), key=ranked.get, reverse=True)
+                while removed and (len(roots) - len(removed)) % multiple_of:
+                    for e in groups[removed.pop(0)]:
+                        keep[e] = True
         self.masked_roots = {self.find(e) for e, k in keep.items() if not k and self.find(e) in pinned_roots}
         return keep
 
@@ -608,7 +622,7 @@ def _drop_unused(graph: Graph) -> None:
 
 
 # ---------------------------------------------------------------------------- model in and out
-def _float_graph(model_in: Any) -> Graph:
+def prunable_graph(model_in: Any) -> Graph:
     """The model after tinyinfer's O1 clean-ups: constants folded (weights that old exports
     compute with Unsqueeze or Constant become initializers that can be sliced), no-ops gone,
     BatchNorms kept (bn-scale reads them)."""
@@ -616,7 +630,7 @@ def _float_graph(model_in: Any) -> Graph:
     from ..runtime import load
 
     graph, _ = PassManager("O1").run(load(model_in))
-    if not _prunable_weights(graph):
+    if not prunable_weights(graph):
         raise PruneError(f"model '{graph.name}' has no Conv / Gemm / MatMul with constant weights to prune")
     return graph
 
@@ -628,7 +642,7 @@ def _size(graph: Graph) -> tuple[int, int]:
     return int(totals["params"]), int(totals["macs"])
 
 
-def _export(graph: Graph) -> onnx.ModelProto:
+def export_checked(graph: Graph) -> onnx.ModelProto:
     from ..frontend import to_onnx
 
     model = to_onnx(graph)
