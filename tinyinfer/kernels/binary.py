@@ -26,8 +26,6 @@ measures it next to the float GEMM in equivalent multiply-accumulates per second
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
@@ -149,6 +147,7 @@ def benchmark_xnor_gemm(sizes=((256, 256, 4096), (512, 512, 8192), (1024, 1024, 
     """Equivalent multiply-accumulates per second (M·N·K / time) of :func:`xnor_gemm` next to
     the packed float GEMM (:func:`tinyinfer.kernels.gemm.gemm`) and NumPy's BLAS, best of
     ``repeats``; ``speedup`` = XNOR over the packed float GEMM."""
+    from .conv import times_ms
     from .gemm import gemm
 
     rng = np.random.default_rng(0)
@@ -161,15 +160,9 @@ def benchmark_xnor_gemm(sizes=((256, 256, 4096), (512, 512, 8192), (1024, 1024, 
                    "blas": lambda: a @ bt}
         row = {"m": m, "n": n, "k": k}
         for name, call in timings.items():
-            call()
-            best = min(_seconds(call) for _ in range(repeats))
+            best = min(times_ms(call, repeats)) / 1e3
             row[f"{name}_gmacs"] = m * n * k / best / 1e9
         row["speedup"] = row["xnor_gmacs"] / row["gemm_gmacs"]
         rows.append(row)
     return rows
 
-
-def _seconds(call) -> float:
-    started = time.perf_counter()
-    call()
-    return time.perf_counter() - started

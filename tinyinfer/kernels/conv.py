@@ -575,7 +575,7 @@ def _benchmark_conv(layers, batch, repeats, clock, wanted, with_onnxruntime):
         for key, fn in calls.items():
             # A wrong kernel fails here rather than being timed.
             np.testing.assert_allclose(fn(node, x, w, b), expected, rtol=2e-3, atol=2e-3 * scale)
-            times = _times_ms(lambda: fn(node, x, w, b), repeats, clock)
+            times = times_ms(lambda: fn(node, x, w, b), repeats, clock)
             row["ms"][key], row["median_ms"][key] = min(times), float(np.median(times))
         row["gflops"] = {k: g.flops / (v * 1e6) for k, v in row["ms"].items()}
         ms = row["ms"]
@@ -602,7 +602,8 @@ def benchmark_layer(channels, out_channels, size, kernel, stride, group, batch, 
     return node, inputs, x, w, b
 
 
-def _times_ms(call, repeats: int, clock=time.perf_counter) -> list[float]:
+def times_ms(call, repeats: int, clock=time.perf_counter) -> list[float]:
+    """Milliseconds of ``repeats`` calls after one untimed call (compilation, caches)."""
     call()  # compile / warm up
     times = []
     for _ in range(repeats):

@@ -52,7 +52,6 @@ Kernels registered here (all float32, C-contiguous, blocks of 8 or 16 lanes):
 from __future__ import annotations
 
 import re
-import time
 
 import numba
 import numpy as np
@@ -632,6 +631,7 @@ def benchmark_nchwc(layers=None, *, block: int = 16, repeat: int = 10) -> list[d
     Returns one dict per layer: shapes, milliseconds (best of ``repeat``) and GFLOP/s.
     """
     from ..ops import OPS
+    from .conv import times_ms
     from ..ops.layout import block_conv_weights, to_blocked
 
     layers = layers or [(64, 64, 56, 3, 1), (64, 256, 56, 1, 1), (128, 128, 28, 3, 1), (256, 256, 14, 3, 1),
@@ -654,15 +654,9 @@ def benchmark_nchwc(layers=None, *, block: int = 16, repeat: int = 10) -> list[d
         for name, call in (("nchwc_kernel", lambda: fn(blocked, xb, wb)),
                            ("nchwc_reference", lambda: OPS[(FUSED_DOMAIN, "ConvNCHWc")].reference(blocked, xb, wb)),
                            ("nchw_reference", lambda: OPS[("", "Conv")].reference(conv, x, w))):
-            call()
-            best = min(_seconds(call) for _ in range(repeat))
+            best = min(times_ms(call, repeat)) / 1e3
             row[f"{name}_ms"] = best * 1e3
             row[f"{name}_gflops"] = flops / best / 1e9
         results.append(row)
     return results
 
-
-def _seconds(call) -> float:
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start

@@ -25,13 +25,12 @@ the image itself, ``C x HW``, the case XNNPACK's sparse inference targets (Elsen
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import numba
 import numpy as np
 
 from ..ir import Node
-from .conv import _im2col_kernel, _is_pointwise, float32_conv2d
+from .conv import _im2col_kernel, _is_pointwise, float32_conv2d, times_ms
 from .epilogue import FUSED_DOMAIN, bias_or_zeros, epilogue_of, finish_row, residual_or_placeholder
 from .registry import named, output_buffer, register_kernel, writes_into
 
@@ -173,7 +172,7 @@ def benchmark_sparse_conv(channels: int = 128, size: int = 28, kernel: int = 1,
         sparse = build_sparse(node, inputs, [None])
         expected = dense(node, x, w)
         np.testing.assert_allclose(sparse(node, x, w), expected, rtol=1e-3, atol=1e-3)
-        times = {name: min(_seconds(lambda: fn(node, x, w)) for _ in range(repeats))
+        times = {name: min(times_ms(lambda: fn(node, x, w), repeats)) / 1e3
                  for name, fn in (("dense", dense), ("sparse", sparse))}
         rows.append({"sparsity": sparsity, "dense_ms": 1e3 * times["dense"], "sparse_ms": 1e3 * times["sparse"],
                      "speedup": times["dense"] / times["sparse"]})
@@ -185,8 +184,3 @@ def crossover(rows: list[dict]) -> float | None:
     winning = [r["sparsity"] for r in rows if r["speedup"] > 1.0]
     return min(winning) if winning else None
 
-
-def _seconds(call) -> float:
-    started = time.perf_counter()
-    call()
-    return time.perf_counter() - started
