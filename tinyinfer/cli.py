@@ -13,6 +13,8 @@
     tinyinfer serve REPO                 serve a Triton-layout model repository (HTTP, gRPC, metrics)
     tinyinfer cluster REPO --replicas 2  replicas of tinyinfer serve behind nginx (retries, health checks)
     tinyinfer perf MODEL -u HOST:PORT    throughput and p50/p90/p99 latency per concurrency level of a running server
+    tinyinfer model canary MODEL [--version V --weight W] -u HOST:PORT   show or set a running server's canary
+    tinyinfer model promote|rollback MODEL -u HOST:PORT                  make the canary stable, or drop it
 
 MODEL is an .onnx path, ``light:NAME`` (a light model shipped with onnx) or ``zoo:NAME`` (a zoo
 network at its paper's configuration).
@@ -142,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="--compare: threads of both runtimes when timing (default 2)")
     p.add_argument("--mode", choices=["static", "dynamic"], default="static", help="default: static")
     p.add_argument("--method", choices=["minmax", "percentile", "entropy", "mse"],
-                   help="static: how activation ranges are calibrated (default: quantize_static's, percentile)")
+                   help="static: how activation ranges are calibrated (default: quantize_static's, mse)")
     granularity = p.add_mutually_exclusive_group()
     granularity.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
                              help="one weight scale per output channel (default)")
@@ -154,9 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-type", choices=["int8", "int4"], default="int8",
                    help="static: weights in 8 bits, or 4 bits packed two per byte (ONNX int4, opset 21); default int8")
     p.add_argument("--equalize", action=argparse.BooleanOptionalAction,
-                   help="cross-layer equalization before calibrating (default: quantize_static's)")
+                   help="cross-layer equalization before calibrating (default: off)")
     p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction,
-                   help="correct biases for the weights' quantization error (default: quantize_static's)")
+                   help="correct biases for the weights' quantization error (default: on)")
+    p.add_argument("--gptq", dest="weight_rounding", action="store_const", const="gptq",
+                   help="round weights by GPTQ against the calibration data instead of to nearest")
     p.add_argument("--seed", type=int, default=0, help="seed of random calibration samples")
     p.set_defaults(handler=_quantize)
 
@@ -171,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="magnitude: one threshold per layer (default) or one for the whole model")
     p.add_argument("--emit-masked", metavar="MASKED.onnx",
                    help="channel methods: also write the same-size model with the pruned channels zeroed")
+    p.add_argument("--multiple-of", type=int, default=1, metavar="M",
+                   help="channel methods: keep a multiple of M channels per layer (8 suits SIMD-blocked kernels)")
     p.set_defaults(handler=_prune)
 
     p = sub.add_parser("serve", help="serve a Triton-layout model repository over HTTP and gRPC (Open Inference "
@@ -217,6 +223,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="OUT.csv", help="write one row per level")
     p.add_argument("--figure", metavar="OUT.png", help="plot throughput and latency against concurrency")
     p.set_defaults(handler=_perf)
+
+    p = sub.add_parser("model", help="a running server's canary: show it, set it, promote it or roll it back",
+                       description="Talks to the server's canary extension over HTTP (POST /v2/models/MODEL/canary "
+                                   "and .../promote, .../rollback). `canary` without --version shows the split.")
+    p.add_argument("action", choices=["canary", "promote", "rollback"])
+    p.add_argument("model", help="the model's name on the server")
+    p.add_argument("--version", type=int, help="canary: the version to send --weight of the traffic to")
+    p.add_argument("--weight", type=float, help="canary: the share of version-less requests, in (0, 1)")
+    p.add_argument("--stable", type=int, help="canary: the version the rest goes to (default: the current stable)")
+    p.add_argument("-u", "--url", default="127.0.0.1:8000", help="the server's HTTP host:port (default 127.0.0.1:8000)")
+    p.set_defaults(handler=_model)
     return parser
 
 
@@ -723,11 +740,62 @@ def _perf(args) -> int:
     return 1 if any(result.errors for result in results) else 0
 
 
+def _model(args) -> int:
+    setting = (args.version, args.weight, args.stable) != (None, None, None)
+    if args.action != "canary" and setting:
+        raise TinyInferError(f"tinyinfer model {args.action} takes no --version, --weight or --stable")
+    if setting and (args.version is None or args.weight is None):
+        raise TinyInferError("tinyinfer model canary: give --version and --weight to set a canary (neither to show it)")
+    path = f"/v2/models/{args.model}/canary" + ("" if args.action == "canary" else f"/{args.action}")
+    body = {"version": args.version, "weight": args.weight, "stable": args.stable} if setting else None
+    state = _http_json(args.url, path, body, post=setting or args.action != "canary")
+    print(_format_canary(args.model, state))
+    return 0
+
+
+def _http_json(url: str, path: str, body: dict | None, post: bool) -> dict:
+    """GET or POST (a JSON body) to a server's HTTP port; the server's {"error"} becomes a TinyInferError."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else (b"" if post else None)
+    request = urllib.request.Request(f"http://{url}{path}", data=data, method="POST" if post else "GET",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        try:
+            message = json.loads(error.read())["error"]
+        except (ValueError, KeyError, TypeError):
+            message = error.reason
+        raise TinyInferError(f"{url} answered {error.code}: {message}") from None
+    except (urllib.error.URLError, OSError) as error:
+        raise TinyInferError(f"cannot reach a server at {url}: {getattr(error, 'reason', error)}") from None
+
+
+def _format_canary(model: str, state: dict) -> str:
+    """The router state as a few lines: the split, then each version's counts and window."""
+    split = (f"canary version {state['canary']} at weight {state['weight']:g}" if state["canary"] is not None
+             else "no canary")
+    lines = [f"model {model}: stable version {state['stable']}, {split}"]
+    for version, counts in sorted(state["counts"].items(), key=lambda item: int(item[0])):
+        window = state["window"].get(version, {})
+        p99 = window.get("p99_ms")
+        lines.append(f"  version {version}: routed {counts['routed']}, ok {counts['ok']}, failed {counts['failed']}; "
+                     f"window {window.get('requests', 0)} requests, {window.get('errors', 0)} errors, p99 "
+                     + (f"{p99:.2f} ms" if p99 is not None else "-"))
+    if state["last_rollback"]:
+        lines.append(f"  last rollback: {state['last_rollback']}")
+    return "\n".join(lines)
+
+
 def _prune(args) -> int:
     from .compress.prune import prune
 
     report = prune(resolve_model(args.model), args.output, method=args.method, ratio=args.ratio,
-                   scope=args.scope, masked_out=args.emit_masked)
+                   scope=args.scope, masked_out=args.emit_masked, multiple_of=args.multiple_of)
     print(report.table())
     print(f"saved {args.output}" + (f" and {args.emit_masked}" if args.emit_masked else ""))
     return 0
@@ -746,30 +814,40 @@ def _quantize_compare(args) -> int:
     options = _static_options(args)
     specs = expand_specs(args.compare)
     start = time.perf_counter()
-    results = compare_models(specs, options=options, calib_samples=args.samples or 16, threads=args.threads,
-                             log=lambda line: print(line, file=sys.stderr, flush=True))
-    print(markdown_table(results))
-    if args.json:
+    done = []
+
+    def save(result) -> None:  # after every model, so a long run that stops keeps what it measured
+        done.append(result)
+        state = "skipped (" + result.skipped + ")" if result.skipped else "done"
+        print(f"{result.model}: {state} in {result.seconds:.0f} s ({len(done)}/{len(specs)})", file=sys.stderr, flush=True)
+        if not args.json:
+            return
         record = {
             "command": "tinyinfer quantize --compare " + args.compare,
+            "options": {key: str(value) for key, value in options.items()},
             "machine": {"cpus": os.cpu_count(), "load_average": list(os.getloadavg()), "platform": platform.platform()},
             "threads": args.threads, "calibration_samples": args.samples or 16,
-            "seconds": round(time.perf_counter() - start, 1),
-            "models": [result.to_dict() for result in results],
+            "seconds": round(time.perf_counter() - start, 1), "complete": len(done) == len(specs),
+            "models": [r.to_dict() for r in done],
         }
         try:
             with open(args.json, "w") as f:
                 json.dump(record, f, indent=2)
         except OSError as exc:
             raise TinyInferError(f"cannot write '{args.json}': {exc}") from None
+
+    results = compare_models(specs, options=options, calib_samples=args.samples or 16, threads=args.threads,
+                             on_result=save)
+    print(markdown_table(results))
+    if args.json:
         print(f"table written to {args.json}")
-    return 1 if any(result.skipped for result in results) and not any(result.rows for result in results) else 0
+    return 1 if all(result.skipped for result in results) else 0
 
 
 def _static_options(args) -> dict:
     """The quantize_static keywords the command line sets (the others keep their defaults)."""
     options = {"weight_type": args.weight_type}
-    for key in ("method", "equalize", "bias_correction"):
+    for key in ("method", "equalize", "bias_correction", "weight_rounding"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     return options

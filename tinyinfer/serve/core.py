@@ -11,7 +11,14 @@ An inference request that names no version goes where the model's
 :class:`~tinyinfer.serve.routing.CanaryRouter` sends it (the latest ready version, or a
 weighted stable/canary split). The version is picked and the request queued without an
 ``await`` in between, so a version that starts unloading afterwards still runs it: unloading
-waits for its queue to empty (see :meth:`~tinyinfer.serve.batcher.Batcher.close`).
+waits for its queue to empty (see :meth:`~tinyinfer.serve.batcher.Batcher.close`). Every
+routed request's outcome and time in the server go back to the router
+(:meth:`~tinyinfer.serve.routing.CanaryRouter.record`), which is how a bad canary is caught.
+
+The canary itself is controlled here too (:meth:`ServerCore.set_canary`, ``promote``,
+``rollback``, ``canary_state``): tinyinfer's own extension of the protocol, which neither
+KServe nor Triton defines. Only the HTTP front end offers it: the gRPC service definitions
+Triton ships have no call that could carry it, and the control plane needs no second wire.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
+import numbers
 import time
 
 import numpy as np
@@ -180,10 +189,7 @@ class ServerCore:
                 target = self._version(model, str(model.ready_versions()[-1]) if model.ready_versions() else "")
             if self.metrics is not None:
                 self.metrics.route(model.name, target.version)
-        if not target.ready:
-            raise ModelUnavailableError(f"model {model.name!r} version {target.version} is {target.state}"
-                                        + (f": {target.reason}" if target.reason else ""))
-        return target
+        return _check_ready(target)
 
     def _version(self, model: Model, version: str) -> ModelVersion:
         if not version:
@@ -234,10 +240,57 @@ class ServerCore:
         self._check_explicit("unload")
         await self.repository.unload(name)
 
+    # ------------------------------------------------------------------ canary (tinyinfer's extension)
+    def canary_state(self, name: str) -> dict:
+        """The model's router: stable and canary versions, weight, counts per version, the rollback
+        window (requests, errors, p99 in ms per version), the last rollback's reason and the policy."""
+        router = self._router(self.repository.model(name))
+        state = router.state()
+        for version, window in state["window"].items():
+            p99 = router.p99(version)
+            window["p99_ms"] = None if math.isnan(p99) else p99 * 1e3
+        state["policy"] = dataclasses.asdict(router.policy)
+        return state
+
+    def set_canary(self, name: str, version: int, weight: float, stable: int | None = None) -> dict:
+        """Send ``weight`` of the model's version-less requests to ``version`` (and the rest to ``stable``,
+        by default the current stable version). Both must be ready."""
+        model = self.repository.model(name)
+        router = self._router(model)
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
+            raise InvalidRequestError(f"a canary weight is a number strictly between 0 and 1, got {weight!r}")
+        for chosen in (version, stable):
+            if chosen is not None:
+                _check_ready(self.repository.version(name, chosen))
+        router.set_canary(version, float(weight), stable)
+        return self.canary_state(name)
+
+    def promote(self, name: str) -> dict:
+        """The canary becomes the model's stable version."""
+        self._router(self.repository.model(name)).promote()
+        return self.canary_state(name)
+
+    def rollback(self, name: str) -> dict:
+        """Drop the canary: the stable version takes every version-less request again."""
+        self._router(self.repository.model(name)).rollback("rolled back through the API")
+        return self.canary_state(name)
+
+    def _router(self, model: Model):
+        if model.router is None:
+            raise _no_ready_version(model)
+        return model.router
+
     def _check_explicit(self, action: str) -> None:
         if self.repository.mode != "explicit":
             raise RepositoryError(f"cannot {action} models through the API in model control mode "
                                   f"{self.repository.mode!r}; start the server with --model-control-mode explicit")
+
+
+def _check_ready(target: ModelVersion) -> ModelVersion:
+    if not target.ready:
+        raise ModelUnavailableError(f"model {target.model!r} version {target.version} is {target.state}"
+                                    + (f": {target.reason}" if target.reason else ""))
+    return target
 
 
 def _no_ready_version(model: Model) -> ModelUnavailableError:

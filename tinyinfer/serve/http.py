@@ -13,6 +13,19 @@ models. Routes::
     GET  /v2/models[/{m}[/versions/{v}]]/stats       statistics extension
     POST /v2/repository/index                        repository extension
     POST /v2/repository/models/{m}/load | /unload
+    GET  /v2/models/{m}/canary                       canary extension (tinyinfer's own): router state
+    POST /v2/models/{m}/canary                       {"version": v, "weight": w[, "stable": s]}
+    POST /v2/models/{m}/canary/promote | /rollback
+
+The canary extension is the control plane of a canary release. ``POST .../canary`` sends a
+fraction ``w`` (0 < w < 1) of the requests that name no version to version ``v`` and the
+rest to the stable version (``s`` if given: a version that just loaded is the latest, hence
+stable, so testing it against its predecessor names that one); ``promote`` makes the canary
+the stable version, ``rollback`` drops it. Each answers the router state that ``GET`` shows:
+``stable``, ``canary``, ``weight``, per-version ``counts`` (routed, ok, failed) and
+``window`` (requests, errors, p99_ms over the rollback window), ``last_rollback`` (why the
+last canary went, also after an automatic rollback) and the rollback ``policy``. It is
+HTTP only: Triton's gRPC service has no call for it.
 
 Tensors travel as JSON lists, or, with Triton's binary tensor extension, as raw little-endian
 bytes after the JSON: the header ``Inference-Header-Content-Length`` gives the length of the
@@ -22,7 +35,10 @@ Binary saves the cost of printing and parsing decimal numbers, which dominates f
 
 Errors answer ``{"error": "..."}`` with the status the :class:`~tinyinfer.errors.ServeError`
 carries: 400 malformed, 404 unknown model or version, 413 body too large, 503 not ready or
-queue full.
+queue full. The canary extension answers 400 for a weight outside (0, 1), a canary equal to
+the stable version, and promote or rollback with no canary set (a request that does not fit the
+router's state, answered like the repository API's refusals), 404 for an unknown model or
+version and 503 for a version that is not ready.
 """
 
 from __future__ import annotations
@@ -58,6 +74,10 @@ def build_app(core: ServerCore, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) ->
         Route("/v2/repository/index", routes.repository_index, methods=["POST"]),
         Route("/v2/repository/models/{model}/load", routes.load, methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", routes.unload, methods=["POST"]),
+        Route(model + "/canary", routes.canary_state, methods=["GET"]),
+        Route(model + "/canary", routes.set_canary, methods=["POST"]),
+        Route(model + "/canary/promote", routes.promote, methods=["POST"]),
+        Route(model + "/canary/rollback", routes.rollback, methods=["POST"]),
     ]
     for prefix in (model, versioned):
         table += [
@@ -116,6 +136,24 @@ class HttpRoutes:
     async def unload(self, request: Request) -> Response:
         await self.core.unload(request.path_params["model"])
         return Response(status_code=200)
+
+    async def canary_state(self, request: Request) -> Response:
+        return JSONResponse(self.core.canary_state(request.path_params["model"]))
+
+    async def set_canary(self, request: Request) -> Response:
+        body = _parse_json(await self._body(request))
+        if not isinstance(body, dict) or "version" not in body or "weight" not in body:
+            raise InvalidRequestError('a canary request is a JSON object {"version": v, "weight": w} '
+                                      '(and optionally "stable": s)')
+        version = _version_number("version", body["version"])
+        stable = _version_number("stable", body["stable"]) if body.get("stable") is not None else None
+        return JSONResponse(self.core.set_canary(request.path_params["model"], version, body["weight"], stable))
+
+    async def promote(self, request: Request) -> Response:
+        return JSONResponse(self.core.promote(request.path_params["model"]))
+
+    async def rollback(self, request: Request) -> Response:
+        return JSONResponse(self.core.rollback(request.path_params["model"]))
 
     async def infer(self, request: Request) -> Response:
         model, version = _model_version(request)
@@ -258,6 +296,15 @@ def _tensor_header(tensor) -> tuple[str, str, list[int]]:
 
 def _model_version(request: Request) -> tuple[str, str]:
     return request.path_params.get("model", ""), request.path_params.get("version", "")
+
+
+def _version_number(field: str, value) -> int:
+    """A version given as a JSON number or a string of digits (as the v2 paths spell versions)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str) and value.isdigit() and int(value) > 0:
+        return int(value)
+    raise InvalidRequestError(f"\"{field}\" must be a version number (a positive integer), got {value!r}")
 
 
 def _parse_json(data: bytes):

@@ -2,9 +2,11 @@
 
 What an operator watches on a dashboard, per model and version: requests that succeeded and
 failed, where their time went (waiting in the queue, computing, in total), how big the batches
-the batcher formed were, how many requests are waiting now, and how version-less requests were
-split between a stable version and a canary. The names start with ``tinyinfer_``; Prometheus
-adds ``_total`` to counters and ``_bucket``/``_sum``/``_count`` to histograms.
+the batcher formed were, how many requests are waiting now, how version-less requests were
+split between a stable version and a canary (``tinyinfer_routed_requests``), and how many
+canaries were rolled back (``tinyinfer_canary_rollbacks``). The names start with
+``tinyinfer_``; Prometheus adds ``_total`` to counters and ``_bucket``/``_sum``/``_count`` to
+histograms.
 
 Each server owns a private ``CollectorRegistry`` (not prometheus-client's global one), so
 several servers can live in one process, as they do in the tests.
@@ -41,6 +43,8 @@ class ServerMetrics:
         self.queue_depth = Gauge("tinyinfer_queue_depth", "Requests waiting in the queue", labels, registry=r)
         self.routed = Counter("tinyinfer_routed_requests", "Requests that named no version, by the version "
                               "the router chose (the stable/canary split)", labels, registry=r)
+        self.rollbacks = Counter("tinyinfer_canary_rollbacks", "Canary versions rolled back, by hand or by the "
+                                 "rollback policy", labels, registry=r)
         self._http = None
         self.port: int | None = None
 
@@ -76,6 +80,9 @@ class ServerMetrics:
 
     def route(self, model: str, version: int) -> None:
         self.routed.labels(model, str(version)).inc()
+
+    def canary_rolled_back(self, model: str, version: int) -> None:
+        self.rollbacks.labels(model, str(version)).inc()
 
     def watch_queue(self, name: str, depth) -> None:
         """Report ``depth()`` as the queue depth of the batcher ``model:version`` at every scrape."""

@@ -11,10 +11,12 @@ A repository is a folder with one folder per model and one numbered folder per v
 ``config.pbtxt`` is parsed into ``tritonclient``'s own ``model_config_pb2.ModelConfig``, the
 message Triton Inference Server reads, so a config written for Triton means the same here:
 ``max_batch_size``, ``input``/``output``, ``dynamic_batching``, ``instance_group``,
-``version_policy``, ``model_warmup``, and ``parameters`` for the engine's options
-(``backend``, ``opt_level``, ``threads``). A missing config, or one without inputs and
-outputs, is completed from the model itself, as Triton's auto-complete does: when every input
-and output has a symbolic first dimension, the model batches and that dimension leaves ``dims``.
+``version_policy``, ``model_warmup``, and ``parameters`` for tinyinfer's own options: the
+engine's (``backend``, ``opt_level``, ``threads``) and the canary's automatic rollback
+(:data:`CANARY_PARAMETERS`, see :func:`rollback_policy`). A missing config, or one without
+inputs and outputs, is completed from the model itself, as Triton's auto-complete does: when
+every input and output has a symbolic first dimension, the model batches and that dimension
+leaves ``dims``.
 
 Which versions are served follows the ``version_policy`` (latest N, all, specific; see
 :func:`tinyinfer.serve.routing.resolve_versions`). Each served version owns a
@@ -31,18 +33,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from ..errors import InvalidRequestError, ModelNotFoundError, RepositoryError, TinyInferError
+from ..errors import CanaryError, InvalidRequestError, ModelNotFoundError, RepositoryError, TinyInferError
 from ..runtime import InferenceSession
 from .batcher import BatchPolicy, Batcher
-from .routing import CanaryRouter, resolve_versions
+from .routing import CanaryRouter, RollbackPolicy, resolve_versions
 
 log = logging.getLogger("tinyinfer.serve")
 
@@ -52,6 +55,10 @@ MODEL_FILES = ("model.onnx", "model.tinf")
 DEFAULT_MAX_BATCH_SIZE = 4
 #: The engine options ``parameters`` may set, with their defaults (those of InferenceSession).
 ENGINE_PARAMETERS = {"backend": "reference", "opt_level": "O2", "threads": "0"}
+#: ``parameters`` that set the canary's :class:`~tinyinfer.serve.routing.RollbackPolicy`, by its field names.
+CANARY_PARAMETERS = {"canary_window_s": "window_s", "canary_min_requests": "min_requests",
+                     "canary_error_factor": "error_rate_factor", "canary_error_floor": "error_rate_floor",
+                     "canary_p99_factor": "p99_factor", "canary_check_every": "check_every"}
 
 # Element types: the config's enum name, the protocol's datatype string, the NumPy dtype.
 _TYPES = [
@@ -113,15 +120,46 @@ def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
 
 def engine_options(config: model_config_pb2.ModelConfig) -> dict:
     """The InferenceSession options the config's ``parameters`` set (backend, opt_level, threads)."""
-    unknown = sorted(set(config.parameters) - set(ENGINE_PARAMETERS))
+    unknown = sorted(set(config.parameters) - set(ENGINE_PARAMETERS) - set(CANARY_PARAMETERS))
     if unknown:
         raise RepositoryError(f"model {config.name!r}: unknown parameter(s) {unknown}; "
-                              f"tinyinfer reads {sorted(ENGINE_PARAMETERS)}")
+                              f"tinyinfer reads {sorted(ENGINE_PARAMETERS) + sorted(CANARY_PARAMETERS)}")
     values = {key: config.parameters[key].string_value if key in config.parameters else default
               for key, default in ENGINE_PARAMETERS.items()}
     if not values["threads"].isdigit():
         raise RepositoryError(f"model {config.name!r}: parameter threads must be an integer, got {values['threads']!r}")
     return {"backend": values["backend"], "opt_level": values["opt_level"], "threads": int(values["threads"])}
+
+
+def rollback_policy(config: model_config_pb2.ModelConfig) -> RollbackPolicy:
+    """When the model's canary is rolled back by itself, from ``parameters`` (defaults: RollbackPolicy's).
+
+    For example, roll back once 50 requests of each version within 30 s show the canary
+    failing three times as often as the stable version, or at 1.5 x its p99::
+
+        parameters { key: "canary_window_s" value { string_value: "30" } }
+        parameters { key: "canary_min_requests" value { string_value: "50" } }
+        parameters { key: "canary_error_factor" value { string_value: "3" } }
+        parameters { key: "canary_p99_factor" value { string_value: "1.5" } }
+
+    ``canary_error_floor`` (the least stable error rate the factor multiplies) and
+    ``canary_check_every`` (judge on every n-th canary outcome) are read too.
+    """
+    values = {}
+    for key, field in CANARY_PARAMETERS.items():
+        if key not in config.parameters:
+            continue
+        text = config.parameters[key].string_value
+        kind = int if field in ("min_requests", "check_every") else float
+        try:
+            values[field] = kind(text)
+        except ValueError:
+            raise RepositoryError(f"model {config.name!r}: parameter {key} must be {kind.__name__} "
+                                  f"(in a string_value), got {text!r}") from None
+    try:
+        return RollbackPolicy(**values)
+    except CanaryError as exc:
+        raise RepositoryError(f"model {config.name!r}: canary parameters: {exc}") from None
 
 
 def instance_count(config: model_config_pb2.ModelConfig) -> int:
@@ -226,28 +264,37 @@ class Model:
     config_text: str
     versions: dict[int, ModelVersion] = dataclasses.field(default_factory=dict)
     router: CanaryRouter | None = None
+    policy: RollbackPolicy = dataclasses.field(default_factory=RollbackPolicy)
+    on_rollback: Callable[[int, str], None] | None = None  # told of every rollback of this model's canary
 
     def ready_versions(self) -> list[int]:
         return sorted(v for v, mv in self.versions.items() if mv.ready)
 
-    def refresh_router(self) -> None:
-        """Point version-less requests at the latest ready version, unless a canary split is live.
+    def refresh_router(self, previously_ready: Iterable[int] = ()) -> None:
+        """Point version-less requests at the latest ready version when it has just loaded,
+        unless a canary split is live.
 
-        Triton's rule without a canary: the highest ready version answers. A canary whose
-        version is no longer ready is rolled back; the router (and its history) otherwise stays.
+        Triton's rule without a canary: a newly loaded highest version answers. Only a *new*
+        one takes over, so a version that was rolled back (or demoted by setting an older stable
+        version) stays out when the repository is merely rescanned. A canary whose version is
+        no longer ready is rolled back, and a stable version that went away gives way to the
+        latest; the router (and its history) otherwise stays, under the config's current
+        rollback policy.
         """
         ready = self.ready_versions()
         if not ready:
             self.router = None
             return
         if self.router is None:
-            self.router = CanaryRouter(ready[-1])
+            self.router = CanaryRouter(ready[-1], self.policy, on_rollback=self.on_rollback)
             return
+        self.router.policy = self.policy
         state = self.router.state()
         if state["canary"] is not None and state["canary"] not in ready:
             self.router.rollback(f"canary version {state['canary']} is no longer loaded")
             state["canary"] = None
-        if state["stable"] not in ready or (state["canary"] is None and state["stable"] != ready[-1]):
+        newest_is_new = ready[-1] not in set(previously_ready)
+        if state["stable"] not in ready or (state["canary"] is None and newest_is_new):
             self.router.set_stable(ready[-1])
 
 
@@ -256,7 +303,7 @@ class ModelRepository:
 
     Every method runs on the server's event loop; sessions are built in a worker thread so a
     slow load never stalls requests to other models. ``observer`` (the server's metrics) hears
-    of every batch a batcher executes.
+    of every batch a batcher executes and of every canary rolled back.
     """
 
     def __init__(self, root: str | Path, mode: str = "none", *, observer=None):
@@ -302,11 +349,12 @@ class ModelRepository:
             try:
                 config = read_config(model_dir)
                 options = engine_options(config)
+                policy = rollback_policy(config)
                 instances = instance_count(config)
                 text = (model_dir / "config.pbtxt").read_text() if (model_dir / "config.pbtxt").exists() else ""
                 on_disk = _version_dirs(model_dir)
-                policy = config.version_policy if config.HasField("version_policy") else None
-                wanted = resolve_versions(policy, on_disk)
+                version_policy = config.version_policy if config.HasField("version_policy") else None
+                wanted = resolve_versions(version_policy, on_disk)
                 warmup = warmup_feeds(config)
             except TinyInferError as exc:
                 self.failures[name] = str(exc)
@@ -319,7 +367,8 @@ class ModelRepository:
                 if v in wanted and mv.stamp == _stamp(model_dir / str(v)) and (mv.ready or not retry_failed)}
             built = {v: await _build_version(model_dir, name, v, options, instances, warmup)
                      for v in wanted if v not in keep}
-            model = Model(name, config, text, versions=dict(keep))
+            model = Model(name, config, text, versions=dict(keep), policy=policy,
+                          on_rollback=functools.partial(self._rolled_back, name))
             _complete_from_newest(model, built)
             for v, (mv, sessions) in built.items():
                 if sessions:
@@ -329,7 +378,7 @@ class ModelRepository:
                 model.versions[v] = mv
             retired = [mv for v, mv in (old.versions.items() if old else ()) if model.versions.get(v) is not mv]
             model.router = old.router if old is not None else None
-            model.refresh_router()
+            model.refresh_router(old.ready_versions() if old is not None else ())
             self.models[name] = model
         await _retire(retired)
         return model
@@ -361,6 +410,11 @@ class ModelRepository:
             for v, mv in sorted(model.versions.items()):
                 rows.append({"name": name, "version": str(v), "state": mv.state, "reason": mv.reason})
         return rows
+
+    def _rolled_back(self, name: str, canary: int, reason: str) -> None:
+        log.warning("model %s: canary version %d rolled back: %s", name, canary, reason)
+        if self.observer is not None:
+            self.observer.canary_rolled_back(name, canary)
 
     def model(self, name: str) -> Model:
         if name not in self.models:

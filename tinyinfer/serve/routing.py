@@ -262,18 +262,24 @@ class CanaryRouter:
         return self._canary if draw < self._weight else self._stable
 
     # -------------------------------------------------------------------- transitions
-    def set_canary(self, version: int, weight: float) -> None:
-        """Send a fraction ``weight`` (0 < weight < 1) of the traffic to ``version``."""
+    def set_canary(self, version: int, weight: float, stable: int | None = None) -> None:
+        """Send a fraction ``weight`` (0 < weight < 1) of the traffic to ``version``.
+
+        ``stable``, if given, becomes the stable version first: the way to put a version that
+        loading made the latest (and so the stable one) back under test against an older one.
+        """
         version = int(version)
         if not 0.0 < weight < 1.0:
             raise CanaryError(f"a canary weight must be strictly between 0 and 1, got {weight}")
         with self._lock:
-            if version == self._stable:
-                raise CanaryError(f"version {version} is already the stable version; a canary must differ")
+            stable = self._stable if stable is None else int(stable)
+            if version == stable:
+                raise CanaryError(f"version {version} is already the stable version; a canary must differ "
+                                  "(name another stable version to test it against)")
             if version != self._canary:
                 self._windows.pop(version, None)  # judge the new canary on its own traffic only
                 self._canary_outcomes = 0
-            self._canary, self._weight = version, float(weight)
+            self._stable, self._canary, self._weight = stable, version, float(weight)
 
     def promote(self) -> int:
         """The canary becomes the stable version and takes all the traffic; returns it."""
