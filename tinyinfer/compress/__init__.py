@@ -18,6 +18,8 @@ The modules, in the order the chapter builds them:
 * :mod:`.cluster` — weight sharing by k-means and Deep Compression's size table;
 * :mod:`.finetune`, :mod:`.distill` — pruning with fine-tuning (gradual, one-shot, channels,
   network slimming) and knowledge distillation, on the trainer below;
+* :mod:`.qat` — quantization-aware training (straight-through estimator, learned step size)
+  exporting the same QDQ model as PTQ;
 * :mod:`.backward`, :mod:`.train`, :mod:`.data` — gradients over the engine's own graphs, the
   :class:`Trainer` that uses them, and the digits data it trains on (the methods that need
   training build on these).
@@ -35,6 +37,7 @@ from .train import SGD, Adam, Trainer
 from .finetune import (GradualPruningTrainer, MaskedTrainer, Recipe, SlimmingTrainer, cubic_sparsity,
                        prune_channels_and_finetune, prune_gradually, prune_once_and_finetune, train_slimming)
 from .distill import DistillationTrainer, distillation_loss, distillation_study
+from .qat import QuantizationAwareTrainer, compare_with_ptq, prepare_qat, quantize_aware_train
 
 __all__ = [
     "QuantParams", "compute_params", "quantize", "dequantize", "fake_quantize", "pack_int4", "unpack_int4",
@@ -45,4 +48,5 @@ __all__ = [
     "MaskedTrainer", "GradualPruningTrainer", "SlimmingTrainer", "Recipe", "cubic_sparsity", "prune_gradually",
     "prune_once_and_finetune", "prune_channels_and_finetune", "train_slimming",
     "DistillationTrainer", "distillation_loss", "distillation_study",
+    "quantize_aware_train", "prepare_qat", "QuantizationAwareTrainer", "compare_with_ptq",
 ]

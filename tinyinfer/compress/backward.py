@@ -37,6 +37,10 @@ variance and backpropagates through them (Ioffe & Szegedy, 2015)::
 and updates the running statistics as ONNX's BatchNormalization-15 defines it:
 ``running = running * momentum + batch * (1 - momentum)``.
 
+QuantizeLinear and DequantizeLinear train as fake quantization: the straight-through
+estimator across the rounding, and with it the learned-step-size gradient of the scale
+(Esser et al., 2020, "LSQ"); the comment above their rules derives it.
+
 The losses sit at the end of the graph, outside it: :func:`softmax_cross_entropy` and
 :func:`kl_divergence` (soft targets at temperature T, Hinton, Vinyals & Dean, 2015) each
 return the loss and its gradient with respect to the logits.
@@ -57,6 +61,7 @@ from ..kernels.conv import _im2col_kernel, valid_range
 from ..ops import OPS
 from ..ops.conv import Window, pad_for_windows, tap_slices, window_geometry
 from ..ops.pool import _window_counts
+from ..ops.quantize import INTEGER_RANGES, expand_param
 
 Grad = np.ndarray | None
 
@@ -508,3 +513,78 @@ def dropout_forward(node: Node, arrays: list, mode: Mode) -> tuple[list, Any]:
 def dropout_backward(node, saved, dy, wanted):
     keep, factor, inputs = saved
     return [dy * keep * factor] + [None] * (inputs - 1)
+
+
+# ============================================================================ fake quantization
+# A QuantizeLinear -> DequantizeLinear pair computes s * (saturate(round(x / s) + z) - z): the
+# value x snapped to the grid of step s. Rounding has zero derivative almost everywhere, so
+# training replaces it, in the backward pass only, by the identity (the straight-through
+# estimator, Bengio, Leonard & Courville, 2013): Q behaves as ``x / s + z`` where it does not
+# saturate and as a constant where it does. Chained with DequantizeLinear's exact gradient,
+# the pair then passes ``dy`` to x inside the representable range and 0 outside it, and gives
+# the step size the gradient of learned step size quantization (LSQ, Esser et al., 2020):
+#
+#     dy/ds = round(x / s) - x / s      inside the range  (Q's -x/s plus DQ's q - z)
+#     dy/ds = q - z                     where q saturated (DQ's part alone)
+#
+# "Inside" means that saturation left the rounded value unchanged, so a value saturates from
+# (qmax + 1/2) * s on, not from qmax * s as in the paper: the two differ on half a step at each
+# end, and only there. LSQ's gradient scale g = 1 / sqrt(N * Qp) is not part of the rules: it
+# preconditions the optimizer's step (tinyinfer.compress.qat applies it).
+def _per_element(node: Node, param: np.ndarray, shape: tuple) -> np.ndarray:
+    """A scale or zero point shaped to broadcast against the tensor (per tensor or per axis)."""
+    if node.attrs.get("block_size", 0):
+        raise TinyInferError(f"{node_label(node)}: blocked quantization has no backward rule; "
+                             "expected a per-tensor or per-axis scale")
+    return expand_param(node, param, shape, node.attrs["axis"], 0, "scale")
+
+
+def _sum_to(grad: np.ndarray, param: np.ndarray, expanded: np.ndarray) -> np.ndarray:
+    """A gradient of the tensor's shape summed back to the scale it broadcast from."""
+    return unbroadcast(grad, expanded.shape).reshape(param.shape)
+
+
+def quantize_linear_forward(node: Node, arrays: list, mode: Mode) -> tuple[list, Any]:
+    x, scale, zero_point = (list(arrays) + [None])[:3]
+    (q,) = reference_forward(node, arrays, mode)[0]
+    return [q], (x, scale, zero_point, q)
+
+
+@rule("QuantizeLinear", forward=quantize_linear_forward, parameters=(0, 1))
+def quantize_linear_backward(node, saved, dy, wanted):
+    """The straight-through estimator: ``q`` taken as ``x / s + z`` where it did not saturate."""
+    x, scale, zero_point, q = saved
+    s = _per_element(node, scale, x.shape).astype(x.dtype)
+    steps = x / s
+    rounded = np.rint(steps) + (0 if zero_point is None else _per_element(node, zero_point, x.shape).astype(x.dtype))
+    if q.dtype not in INTEGER_RANGES:
+        raise TinyInferError(f"{node_label(node)}: quantizing to {q.dtype} has no backward rule; "
+                             "expected an integer type")
+    low, high = INTEGER_RANGES[q.dtype]
+    inside = (rounded >= low) & (rounded <= high)
+    dx = dy * inside / s
+    grads = [dx.astype(x.dtype, copy=False) if wanted[0] else None, None, None]
+    if wanted[1]:
+        grads[1] = _sum_to(-dx * steps, scale, s).astype(scale.dtype, copy=False)  # d(x/s)/ds = -(x/s)/s
+    return grads[: len(node.inputs)]
+
+
+def dequantize_linear_forward(node: Node, arrays: list, mode: Mode) -> tuple[list, Any]:
+    """``(q - z) * s`` in the scale's own type (the reference rounds to float32 first)."""
+    q, scale, zero_point = (list(arrays) + [None])[:3]
+    centred = q.astype(np.int64)
+    if zero_point is not None:
+        centred = centred - _per_element(node, zero_point, q.shape).astype(np.int64)
+    y = centred.astype(scale.dtype) * _per_element(node, scale, q.shape)
+    return [y], (centred, scale)
+
+
+@rule("DequantizeLinear", forward=dequantize_linear_forward, parameters=(1,))
+def dequantize_linear_backward(node, saved, dy, wanted):
+    """Exact: linear in the integers and in the scale."""
+    centred, scale = saved
+    s = _per_element(node, scale, centred.shape)
+    grads = [dy * s if wanted[0] else None, None, None]
+    if wanted[1]:
+        grads[1] = _sum_to(dy * centred, scale, s).astype(scale.dtype, copy=False)
+    return grads[: len(node.inputs)]

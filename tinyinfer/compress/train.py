@@ -167,7 +167,9 @@ class Trainer:
                 continue
             for name, grad, want in zip(node.inputs, node_rule.backward(node, saved, dy, wanted), wanted):
                 if want and grad is not None:
-                    grads[name] = grads[name] + grad if name in grads else grad
+                    # np.asarray: two 0-d gradients add up to a NumPy scalar, which an
+                    # in-place optimizer update could not write back into
+                    grads[name] = np.asarray(grads[name] + grad) if name in grads else grad
         return {name: grads.get(name, np.zeros_like(p)) for name, p in self.parameters.items()}
 
     def gradients(self, x: np.ndarray, targets: Any) -> tuple[float, dict[str, np.ndarray]]:
