@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import tinyinfer
 from tinyinfer.cli import main
+from tinyinfer.compress.affine import pack_int4
 from tinyinfer.compress.ptq import (
     AlreadyQuantizedError,
     CalibrationDataError,
@@ -127,7 +128,10 @@ def test_static_model_runs_in_tinyinfer_folded_and_agrees_with_onnxruntime(quant
     feeds = calibration(1, seed=7)[0]
     session = tinyinfer.InferenceSession(report.model)
     ops = session.graph.op_histogram()
-    assert ops["QLinearConv"] == 4 and ops["ai.tinyinfer:QLinearConcat"] == 1 and ops["ai.tinyinfer:QLinearAdd"] == 1
+    # The residual Add runs as its own QLinearAdd or fused into the conv before it (QLinearConvAdd).
+    fused = ops["ai.tinyinfer:QLinearConvAdd"]
+    assert ops["QLinearConv"] + fused == 4 and ops["ai.tinyinfer:QLinearAdd"] + fused == 1
+    assert ops["ai.tinyinfer:QLinearConcat"] == 1
     ours = session.run(None, feeds)[0]
     # Probabilities: ONNX Runtime and tinyinfer round a few int8 values differently (1 LSB).
     np.testing.assert_allclose(ours, run_ort(report.model, feeds), atol=2e-3)
@@ -180,7 +184,7 @@ def test_report_counts_and_explains(quantized):
     assert report.samples == 8
     assert report.weight_bytes_after < report.weight_bytes_before / 2
     text = report.table()
-    assert "Softmax" in text and "minmax calibration on 8 sample(s)" in text
+    assert "Softmax" in text and "mse calibration on 8 sample(s)" in text and "bias correction" in text
 
 
 @pytest.mark.parametrize("method", ["minmax", "percentile", "entropy", "mse"])
@@ -202,11 +206,12 @@ def test_int8_activations_run_folded_in_tinyinfer_as_in_onnxruntime():
     report = quantize_static(small_cnn(), None, calibration(4), activation_type=np.int8, progress=False)
     feeds = calibration(1, seed=3)[0]
     session = tinyinfer.InferenceSession(report.model)
-    assert session.graph.op_histogram()["QLinearConv"] == 4
+    ops = session.graph.op_histogram()
+    assert ops["QLinearConv"] + ops["ai.tinyinfer:QLinearConvAdd"] == 4
     np.testing.assert_allclose(session.run(None, feeds)[0], run_ort(report.model, feeds), atol=2e-3)
 
 
-@pytest.mark.parametrize("options", [{"equalize": True}, {"bias_correction": True},
+@pytest.mark.parametrize("options", [{"equalize": True, "bias_correction": False}, {"bias_correction": True},
                                      {"equalize": True, "bias_correction": True, "per_channel": False}])
 def test_equalization_and_bias_correction_options(options):
     model = small_cnn()
@@ -265,6 +270,71 @@ def test_a_reader_like_onnxruntimes_works():
     assert quantize_static(small_cnn(), None, TheirReader(), progress=False).samples == 2
     with pytest.raises(CalibrationDataError, match="reader with get_next"):
         quantize_static(small_cnn(), None, 42, progress=False)
+
+
+# ---------------------------------------------------------------------------- 4-bit weights
+@pytest.fixture(scope="module")
+def quantized_int4():
+    return quantize_static(small_cnn(), None, ListDataReader(calibration()), weight_type="int4", progress=False)
+
+
+def _weight_dequantizers(model):
+    """(DequantizeLinear node, its integer initializer) for every conv and gemm weight."""
+    producer, inits = _by_output(model), {t.name: t for t in model.graph.initializer}
+    readers = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
+    return [(producer[n.input[1]], inits[producer[n.input[1]].input[0]]) for n in readers]
+
+
+def test_int4_weights_are_packed_onnx_int4_tensors(quantized_int4):
+    model = quantized_int4.model
+    onnx.checker.check_model(model, full_check=True)
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 21
+    assert quantized_int4.weight_type == "int4"
+    for dq, tensor in _weight_dequantizers(model):
+        assert tensor.data_type == TensorProto.INT4
+        values = numpy_helper.to_array(tensor)
+        assert values.astype(np.int8).min() >= -7 and values.astype(np.int8).max() <= 7  # symmetric -7..7
+        assert tensor.raw_data == pack_int4(values).tobytes()  # two per byte, low nibble first
+        axis = next(a.i for a in dq.attribute if a.name == "axis")
+        assert _initializer(model, dq.input[1]).shape == (values.shape[axis],)  # per output channel
+
+
+def test_int4_weights_take_half_the_bytes_of_int8(quantized, quantized_int4):
+    sizes = [sum(len(t.raw_data) for _, t in _weight_dequantizers(r.model)) for r in (quantized[1], quantized_int4)]
+    # ceil(n / 2) bytes per tensor of n values: half, up to one byte per odd-sized tensor.
+    assert sizes[1] == pytest.approx(sizes[0] / 2, abs=len(_weight_dequantizers(quantized_int4.model)))
+    assert quantized_int4.weight_bytes_after < quantized[1].weight_bytes_after
+
+
+def test_int4_model_runs_in_onnxruntime_and_tinyinfer_alike(quantized, quantized_int4):
+    model = small_cnn()
+    feeds = calibration(4, seed=7)
+    reference = [run_ort(model, f) for f in feeds]
+    theirs = [run_ort(quantized_int4.model, f) for f in feeds]
+    ours = [tinyinfer.InferenceSession(quantized_int4.model).run(None, f)[0] for f in feeds]
+    # The int4 convs run in float on dequantized weights in both engines; the uint8 tensors
+    # around them may round 1 LSB apart, which moves the probabilities by less than 2e-3.
+    np.testing.assert_allclose(np.array(ours), np.array(theirs), atol=2e-3)
+    int8 = [run_ort(quantized[1].model, f) for f in feeds]
+    snr4, snr8 = snr_db(reference, theirs), snr_db(reference, int8)
+    assert np.isfinite(snr4) and 10 < snr4 < snr8  # 16x coarser weight steps cost SNR, but the model still works
+
+
+def test_cli_int4_weights(tmp_path, capsys):
+    onnx.save(small_cnn(), str(tmp_path / "f.onnx"))
+    assert main(["quantize", str(tmp_path / "f.onnx"), str(tmp_path / "q4.onnx"), "--samples", "2",
+                 "--weight-type", "int4"]) == 0
+    assert "per-channel int4 weights" in capsys.readouterr().out
+    onnx.checker.check_model(str(tmp_path / "q4.onnx"), full_check=True)
+    assert main(["quantize", str(tmp_path / "f.onnx"), str(tmp_path / "d.onnx"), "--mode", "dynamic",
+                 "--weight-type", "int4"]) == 1
+    assert "--mode static only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("weight_type", ["int3", np.uint8, "float16"])
+def test_unsupported_weight_types_are_refused(weight_type):
+    with pytest.raises(TinyInferError, match="weight_type must be one of int8, int4"):
+        quantize_static(small_cnn(), None, calibration(1), weight_type=weight_type, progress=False)
 
 
 # ---------------------------------------------------------------------------- dynamic
@@ -337,6 +407,21 @@ def test_wrong_dtype_sample():
         quantize_static(small_cnn(), None, [{INPUT: np.zeros(SHAPE, np.int64)}], progress=False)
 
 
+def test_ops_the_quantizer_does_not_handle_stay_float_and_the_report_names_them():
+    model = small_cnn()
+    graph = model.graph
+    relu_a = next(n for n in graph.node if n.name == "relu_a")
+    relu_a.op_type = "Sigmoid"  # not after-op foldable, no int8 form: runs in float
+    graph.node.insert(1, helper.make_node("LRN", ["c1"], ["c1_lrn"], size=3, name="lrn"))
+    next(n for n in graph.node if n.name == "bn1").input[0] = "c1_lrn"
+    report = quantize_static(model, None, calibration(2), progress=False)
+    assert report.kept_float["Sigmoid"] == 1 and report.kept_float["LRN"] == 1
+    assert "power and a division" in report.reasons["LRN"] and "Sigmoid" in report.table()
+    kinds = collections.Counter(n.op_type for n in report.model.graph.node)
+    assert kinds["LRN"] == 1 and kinds["Sigmoid"] == 1 and kinds["QuantizeLinear"] > 0
+    run_ort(report.model, calibration(1)[0])
+
+
 def test_unknown_method_and_types():
     with pytest.raises(TinyInferError, match="unknown calibration method"):
         quantize_static(small_cnn(), None, calibration(1), method="kl")
@@ -391,6 +476,8 @@ def test_cli_dynamic(tmp_path, capsys):
     ({"data": np.zeros((2, 3, 12, 12), np.float32)}, "model's inputs are ['image']"),
     ({"image": np.zeros((2, 3, 8, 8), np.float32)}, "the model expects [1x3x12x12]"),
     ({"image": np.zeros((0, 3, 12, 12), np.float32)}, "is empty"),
+    ({}, "holds arrays [], but the model's inputs are ['image']"),
+    ({"image": np.float32(1.0)}, "is a scalar; expected samples on axis 0"),
 ])
 def test_cli_bad_calibration_file(tmp_path, capsys, arrays, message):
     onnx.save(small_cnn(), str(tmp_path / "f.onnx"))
@@ -419,7 +506,65 @@ def test_compare_with_onnxruntime_measures_both_quantizers():
 
     rows = compare_with_onnxruntime([small_cnn()], calibration(4), configurations=[{"method": "mse"}],
                                     eval_samples=2, repeats=1, tinyinfer_backend="reference")
-    assert [row.quantizer for row in rows] == ["onnxruntime (minmax)", "tinyinfer (mse)"]
+    assert [row.quantizer for row in rows] == ["onnxruntime (minmax)", "tinyinfer (mse, bias correction)"]
     for row in rows:
         assert row.snr_ort > 15 and row.snr_tinyinfer > 15 and row.size_mib > 0 and row.latency_ort_ms > 0
-    assert "tinyinfer (mse)" in format_table(rows)
+    assert "tinyinfer (mse, bias correction)" in format_table(rows)
+
+
+def test_compare_models_table_rows_ratios_and_skips(tmp_path):
+    from tinyinfer.compress.compare import compare_models, markdown_table
+
+    onnx.save(small_cnn(), str(tmp_path / "small.onnx"))
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    results = compare_models([str(tmp_path / "small.onnx"), str(broken)], calib_samples=4, eval_samples=2, repeats=1,
+                             tinyinfer_backend="reference")
+    small, skipped = results
+    assert [row.quantizer.split(" ")[0] for row in small.rows] == ["fp32", "onnxruntime", "tinyinfer"]
+    fp32, theirs, ours = small.rows
+    assert fp32.snr_ort is None and theirs.snr_ort > 15 and ours.snr_tinyinfer > 15
+    assert ours.size_mib > 0 and small.kept_float == {"Softmax": report_reason("Softmax")}  # tiny: Q/DQ overhead dominates
+    record = small.to_dict()
+    assert record["size_ratio"] == pytest.approx(ours.size_mib / fp32.size_mib)
+    assert record["int8_over_fp32_tinyinfer"] == pytest.approx(ours.latency_tinyinfer_ms / fp32.latency_tinyinfer_ms)
+    assert skipped.skipped and not skipped.rows
+    table = markdown_table(results)
+    assert f"| {tmp_path / 'small.onnx'} | tinyinfer (mse, bias correction) |" in table
+    assert f"| {broken} | skipped: DecodeError" in table
+
+
+def report_reason(op_type):
+    from tinyinfer.compress.ptq import FLOAT_REASONS
+
+    return FLOAT_REASONS[op_type]
+
+
+def test_expand_specs_names_every_model_once():
+    from tinyinfer.compress.compare import expand_specs
+    from tinyinfer.models import LIGHT_MODELS, list_models
+
+    specs = expand_specs("light:all, zoo:all,digits,light:resnet50")
+    assert specs == [f"light:{n}" for n in LIGHT_MODELS] + [f"zoo:{n}" for n in list_models()] + ["digits"]
+
+
+def test_cli_compare_writes_json(tmp_path, capsys):
+    import json
+
+    onnx.save(small_cnn(), str(tmp_path / "small.onnx"))
+    out = tmp_path / "table.json"
+    assert main(["quantize", "--compare", str(tmp_path / "small.onnx"), "--samples", "2", "--json", str(out)]) == 0
+    assert f"| {tmp_path / 'small.onnx'} | onnxruntime (minmax) |" in capsys.readouterr().out
+    record = json.loads(out.read_text())
+    assert record["calibration_samples"] == 2 and [r["quantizer"].split(" ")[0] for r in record["models"][0]["rows"]] \
+        == ["fp32", "onnxruntime", "tinyinfer"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["quantize", "m.onnx", "--compare", "light:all"], "give no MODEL or OUT file"),
+    (["quantize", "m.onnx"], "needs a MODEL and an OUT.onnx"),
+    (["quantize", "--compare", "light:all", "--per-tensor"], "--per-tensor do not apply"),
+])
+def test_cli_compare_and_missing_arguments_errors(argv, message, capsys):
+    assert main(argv) == 1
+    assert message in capsys.readouterr().err

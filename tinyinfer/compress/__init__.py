@@ -11,6 +11,7 @@ The modules, in the order the chapter builds them:
 * :mod:`.affine` — scale and zero point, quantize / dequantize, int4 packing;
 * :mod:`.calibrate` — activation ranges from data (minmax, percentile, entropy, MSE);
 * :mod:`.equalize` — cross-layer equalization and bias correction (data-free);
+* :mod:`.gptq` — weight rounding that keeps each layer's outputs on the calibration data (GPTQ);
 * :mod:`.ptq` — static and dynamic post-training quantization to a standard QDQ model;
 * :mod:`.compare` — the same model through ONNX Runtime's quantizer and ours, measured;
 * :mod:`.qdq` — whether a model is quantized, and its float twin;
