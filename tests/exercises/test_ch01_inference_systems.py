@@ -211,7 +211,7 @@ def test_resolve_versions_known_answers(impl, policy, available, expected):
     ("version_policy: { specific: { versions: [1, 10] } }", [1, 10]),
 ])
 def test_resolve_versions_reads_a_real_config_pbtxt(impl, pbtxt, expected):
-    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    from tritonclient.grpc import model_config_pb2
     from google.protobuf import json_format, text_format
 
     config = text_format.Parse(f'name: "m"\n{pbtxt}', model_config_pb2.ModelConfig())
@@ -221,7 +221,7 @@ def test_resolve_versions_reads_a_real_config_pbtxt(impl, pbtxt, expected):
 
 @ex(3)
 def test_resolve_versions_agrees_with_the_server(impl):
-    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    from tritonclient.grpc import model_config_pb2
     from google.protobuf import json_format
 
     from tinyinfer.serve.routing import resolve_versions as server_resolve

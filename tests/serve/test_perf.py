@@ -19,15 +19,13 @@ import threading
 
 import numpy as np
 import pytest
+import starlette.applications as starlette
+import uvicorn
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from tinyinfer.errors import PerfError
 from tinyinfer.serve import perf
-
-uvicorn = pytest.importorskip("uvicorn")
-starlette = pytest.importorskip("starlette.applications")
-pytest.importorskip("tritonclient.http")
-from starlette.responses import JSONResponse, Response  # noqa: E402
-from starlette.routing import Route  # noqa: E402
 
 DELAY_S = 0.005  # the fake model's compute time
 WINDOW = {"window_s": 0.6, "warmup_s": 0.2}

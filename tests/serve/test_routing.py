@@ -16,6 +16,8 @@ import threading
 
 import numpy as np
 import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
 
 from tinyinfer.errors import CanaryError, RepositoryError, TinyInferError
 from tinyinfer.serve.routing import (
@@ -26,9 +28,6 @@ from tinyinfer.serve.routing import (
     quantile,
     resolve_versions,
 )
-
-model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
-text_format = pytest.importorskip("google.protobuf.text_format")
 
 
 class ManualClock:
