@@ -568,3 +568,27 @@ def test_cli_compare_writes_json(tmp_path, capsys):
 def test_cli_compare_and_missing_arguments_errors(argv, message, capsys):
     assert main(argv) == 1
     assert message in capsys.readouterr().err
+
+
+def test_per_channel_scale_and_shift_stay_float():
+    """A Mul / Add by per-channel constants that no conv absorbs (DenseNet's batch norms after a
+    Concat) keeps float: one uint8 scale cannot hold the constants' spread."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (6, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.uniform(0.01, 5.0, (1, 6, 1, 1)).astype(np.float32), "s"),
+             numpy_helper.from_array(rng.normal(0, 1.0, (1, 6, 1, 1)).astype(np.float32), "t"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (4, 6, 1, 1)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", [INPUT, "w1"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Mul", ["p", "s"], ["m"]), helper.make_node("Add", ["m", "t"], ["a"]),
+             helper.make_node("Conv", ["a", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "scale_shift", [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, SHAPE)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    report = quantize_static(model, None, calibration(4), progress=False)
+    assert report.kept_float["Mul"] == 1 and report.kept_float["Add"] == 1
+    assert "per-channel constant" in report.reasons["Mul"]
+    kinds = collections.Counter(n.op_type for n in report.model.graph.node)
+    assert kinds["Mul"] == 1 and kinds["Add"] == 1 and kinds["QuantizeLinear"] > 0
+    run_ort(report.model, calibration(1)[0])

@@ -645,6 +645,10 @@ def _cannot_quantize(node: Node, consts: dict[str, np.ndarray]) -> str | None:
             return "transA=1 is not supported by the integer Gemm"
     if op == "MatMul" and node.inputs[1] in consts and consts[node.inputs[1]].dtype.kind != "f":
         return "weight is not float"
+    if op in ("Add", "Mul") and any(consts.get(name) is not None and consts[name].size > 1 for name in node.inputs):
+        # x * s + t with per-channel constants (a BatchNorm no conv absorbed): the constants'
+        # spread does not fit one uint8 scale, and a float scale-shift costs one pass anyway
+        return "per-channel constant operand (a scale or shift); kept in float like BatchNormalization"
     return None
 
 
