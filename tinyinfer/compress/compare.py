@@ -361,13 +361,10 @@ def _run_ort(path: str, feeds: list[dict], threads: int = 0) -> list[np.ndarray]
 
 
 def _median_ms(run, repeats: int) -> float:
-    run()  # warm-up (plans, kernel selection, Numba compilation)
-    times = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    """Median of ``repeats`` timed runs after one warm-up (plans, kernel selection, Numba compilation)."""
+    from ..runtime.bench import time_calls
+
+    return statistics.median(time_calls(run, repeat=repeats, warmup=1, budget_s=float("inf")))
 
 
 def _number(value: float | None, digits: int = 2) -> str:

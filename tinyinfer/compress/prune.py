@@ -470,6 +470,20 @@ class ChannelPlan:
 
     def shrink(self, keep: dict, report: PruneReport) -> Graph:
         """A copy of the graph with the pruned channels removed (masked where pinned)."""
+        graph, masked = self._rewrite(keep, slice_=True)
+        report.fallbacks.extend(self._fallback_reason(name, rows) for name, rows in masked.items())
+        for out, conv in self.sources.items():
+            report.channels[conv.name or out] = (len(self.prov[out]), int(self._keep_mask(self.prov[out], keep).sum()))
+        graph.value_info.clear()  # shapes changed; the exporter and the runtime infer them again
+        return graph
+
+    def mask(self, keep: dict) -> Graph:
+        """A copy of the graph of the original size with everything pruning removes set to zero."""
+        return self._rewrite(keep, slice_=False)[0]
+
+    def _rewrite(self, keep: dict, slice_: bool) -> tuple[Graph, dict[str, np.ndarray]]:
+        """A copy of the graph whose pinned pruned filters are zeroed and whose pruned channels
+        are sliced away (``slice_``) or zeroed; also the zeroed rows per source conv."""
         graph = self.graph.copy()
         masked = self._masked_filters(keep)
         for name, rows in masked.items():
@@ -477,27 +491,10 @@ class ChannelPlan:
             for index in (1, 2):
                 if index < len(conv.inputs) and conv.inputs[index]:
                     _zero_rows(graph, conv.inputs[index], rows, _fresh_name(graph, conv.inputs[index]))
-            report.fallbacks.append(self._fallback_reason(name, rows))
         for node in graph.nodes:
-            self._rewrite_node(graph, node, keep, slice_=True)
-        for out, conv in self.sources.items():
-            report.channels[conv.name or out] = (len(self.prov[out]), int(self._keep_mask(self.prov[out], keep).sum()))
-        graph.value_info.clear()  # shapes changed; the exporter and the runtime infer them again
+            self._rewrite_node(graph, node, keep, slice_)
         _drop_unused(graph)
-        return graph
-
-    def mask(self, keep: dict) -> Graph:
-        """A copy of the graph of the original size with everything pruning removes set to zero."""
-        graph = self.graph.copy()
-        for name, rows in self._masked_filters(keep).items():
-            conv = self.sources[name]
-            for index in (1, 2):
-                if index < len(conv.inputs) and conv.inputs[index]:
-                    _zero_rows(graph, conv.inputs[index], rows, _fresh_name(graph, conv.inputs[index]))
-        for node in graph.nodes:
-            self._rewrite_node(graph, node, keep, slice_=False)
-        _drop_unused(graph)
-        return graph
+        return graph, masked
 
     def _masked_filters(self, keep: dict) -> dict[str, np.ndarray]:
         """Source conv -> its output rows to zero because they are pinned (masking fallback)."""

@@ -232,19 +232,24 @@ def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     )
 
 
-def _ort_session(proto, threads: int):
+def _ort_session(model, threads: int, *, profile_prefix: str | None = None):
     """An ONNX Runtime CPU session with ``threads`` intra-op threads (0: its default) and,
     when a count is given, one inter-op thread: the graph's nodes run one after another, as
-    tinyinfer runs them, each using ``threads`` cores."""
+    tinyinfer runs them, each using ``threads`` cores. ``model`` is a ModelProto or its bytes;
+    with ``profile_prefix`` ONNX Runtime traces every node run into a JSON file there."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     options.log_severity_level = 3  # errors only: not a warning per unused initializer of the light models
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
 # ============================================================================ the suite

@@ -163,7 +163,7 @@ def time_by_op_vs_onnxruntime(model: Any, *, name: str | None = None, backend: s
     from .feeds import random_feeds
     from .session import InferenceSession
 
-    ort = _onnxruntime()
+    _onnxruntime()  # a clear error now if it is missing
     proto = model if isinstance(model, onnx.ModelProto) else None
     session = InferenceSession(model, backend=backend, threads=threads)
     feeds = random_feeds(session.get_inputs(), seed=seed)
@@ -180,7 +180,7 @@ def time_by_op_vs_onnxruntime(model: Any, *, name: str | None = None, backend: s
     for record in records:
         ours[op_family(record.op_type)] += (record.total_ns - before.get(record.name, 0)) / runs / 1e6
     data = _model_bytes(model, proto)
-    theirs, ort_run_ms, ort_nodes = _profile_onnxruntime(ort, data, feeds, threads, runs, warmup)
+    theirs, ort_run_ms, ort_nodes = _profile_onnxruntime(data, feeds, threads, runs, warmup)
     return TimeByOp(name or getattr(getattr(proto, "graph", None), "name", None) or "model", backend, threads, runs,
                     dict(ours), theirs, tinyinfer_run_ms, ort_run_ms, len(records), ort_nodes)
 
@@ -217,18 +217,13 @@ def _model_bytes(model: Any, proto) -> bytes:
     return to_onnx(load(model)).SerializeToString()
 
 
-def _profile_onnxruntime(ort, data: bytes, feeds: dict, threads: int, runs: int, warmup: int):
+def _profile_onnxruntime(data: bytes, feeds: dict, threads: int, runs: int, warmup: int):
     """ONNX Runtime's own trace: ms per run per op family (the runs after ``warmup``), the
     mean wall time of those runs, and the number of nodes it ran."""
+    from .bench import _ort_session
+
     with tempfile.TemporaryDirectory(prefix="tinyinfer-ort-profile-") as directory:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(directory, "ort")
-        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        session = _ort_session(data, threads, profile_prefix=os.path.join(directory, "ort"))
         for _ in range(warmup + runs):
             session.run(None, feeds)
         with open(session.end_profiling()) as f:
