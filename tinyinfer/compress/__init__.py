@@ -21,6 +21,8 @@ The modules, in the order the chapter builds them:
   network slimming) and knowledge distillation, on the trainer below;
 * :mod:`.qat` — quantization-aware training (straight-through estimator, learned step size)
   exporting the same QDQ model as PTQ;
+* :mod:`.binarize` — binarized networks (sign weights and activations, XNOR-Net scales, STE),
+  exported as standard ONNX that tinyinfer runs with XNOR and popcount;
 * :mod:`.backward`, :mod:`.train`, :mod:`.data` — gradients over the engine's own graphs, the
   :class:`Trainer` that uses them, and the digits data it trains on (the methods that need
   training build on these).
@@ -39,6 +41,7 @@ from .finetune import (GradualPruningTrainer, MaskedTrainer, Recipe, SlimmingTra
                        prune_channels_and_finetune, prune_gradually, prune_once_and_finetune, train_slimming)
 from .distill import DistillationTrainer, distillation_loss, distillation_study
 from .qat import QuantizationAwareTrainer, compare_with_ptq, prepare_qat, quantize_aware_train
+from .binarize import BinarizedResult, BinarizedTrainer, binarized_accuracy, binarized_digits_cnn, train_binarized
 
 __all__ = [
     "QuantParams", "compute_params", "quantize", "dequantize", "fake_quantize", "pack_int4", "unpack_int4",
@@ -50,4 +53,5 @@ __all__ = [
     "prune_once_and_finetune", "prune_channels_and_finetune", "train_slimming",
     "DistillationTrainer", "distillation_loss", "distillation_study",
     "quantize_aware_train", "prepare_qat", "QuantizationAwareTrainer", "compare_with_ptq",
+    "train_binarized", "binarized_accuracy", "BinarizedResult", "BinarizedTrainer", "binarized_digits_cnn",
 ]

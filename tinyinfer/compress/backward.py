@@ -199,6 +199,15 @@ def relu_backward(node, saved, dy, wanted):
     return [dy * (y > 0)]
 
 
+@rule("Sign")
+def sign_backward(node, saved, dy, wanted):
+    """Sign's derivative is 0 almost everywhere, which would stop training; binarized networks
+    use the straight-through estimator of Hubara et al. (2016, "Binarized Neural Networks"),
+    the derivative of hard tanh: the gradient passes where ``|x| <= 1`` and stops outside."""
+    (x,), _ = saved
+    return [dy * (np.abs(x) <= 1)]
+
+
 @rule("Sigmoid")
 def sigmoid_backward(node, saved, dy, wanted):
     _, (y,) = saved

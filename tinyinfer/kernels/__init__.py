@@ -13,5 +13,6 @@ from . import layout, nchwc  # noqa: E402,F401  (blocked layouts: ConvNCHWc, ToB
 from . import activation, concat, normalization  # noqa: E402,F401  (Relu; Concat; BatchNormalization, LRN)
 from . import int8_gemm, int8_conv, int8_depthwise, int8_elementwise  # noqa: E402,F401  (QLinearMatMul, QLinearConv, QLinearAdd, int8 pooling)
 from . import sparse  # noqa: E402,F401  (Conv with pruned weights, CSR)
+from . import binary_conv  # noqa: E402,F401  (BinaryConv: XNOR and popcount)
 
 __all__ = ["KERNELS", "Kernel", "candidates", "kernel_names", "named", "register_kernel"]

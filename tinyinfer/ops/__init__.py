@@ -17,6 +17,7 @@ from .base import (
 from . import (  # noqa: F401  (imported for their registrations)
     activation,
     attention,
+    binary,
     control_flow,
     conv,
     elementwise,
