@@ -91,6 +91,14 @@ def test_im2col_handles_nonzero_weight_zero_points_and_the_indirect_kernel_decli
     check(ic.build_im2col, node, values, arrays)
 
 
+def test_indirect_kernel_leaves_large_copy_free_1x1_layers_to_im2col():
+    large = make_qconv((1, 8, 9, 9), 16, (1, 1))  # 81 pixels: the image is im2col's column matrix
+    small = make_qconv((1, 8, 7, 7), 16, (1, 1))
+    padded = make_qconv((1, 8, 9, 9), 16, (1, 1), pads=(1, 1, 1, 1))  # needs columns: both kernels
+    assert not ic._supports_indirect(*large[:2]) and ic._supports_im2col(*large[:2])
+    assert ic._supports_indirect(*small[:2]) and ic._supports_indirect(*padded[:2])
+
+
 def test_same_upper_padding():
     node, values, arrays = make_qconv((1, 4, 9, 8), 6, (3, 3), stride=2, auto_pad="SAME_UPPER")
     check(ic.build_im2col, node, values, arrays)

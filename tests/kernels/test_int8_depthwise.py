@@ -49,6 +49,14 @@ def make_depthwise(x_shape, kernel, stride, pads, dilation=1, *, per_channel=Fal
     ((1, 6, 11, 10), 5, 2, (2, 1, 3, 2), 1),
     ((1, 2, 9, 9), 3, 1, (2, 2, 2, 2), 2),
     ((1, 8, 20, 21), 3, 1, (1, 1, 1, 1), 1),
+    ((1, 3, 37, 70), 3, 1, (1, 1, 1, 1), 1),  # rows longer than one 16-lane load, odd tails
+    ((1, 4, 35, 67), 3, 2, (1, 1, 1, 1), 1),  # stride 2: rows of 3 loads of 32 bytes, odd tails
+    ((2, 3, 34, 66), 3, 2, (0, 0, 1, 1), 1),  # stride 2, padding only after: the even columns come first
+    ((1, 3, 33, 65), 3, 2, (2, 3, 0, 1), 1),  # stride 2, odd left padding: the odd columns come first
+    ((1, 2, 17, 33), 5, 2, (2, 2, 2, 2), 2),  # stride 2 with dilation 2: every tap in the same phase
+    ((1, 3, 19, 23), 3, 3, (1, 2, 1, 0), 1),  # stride 3: the element-by-element split
+    ((1, 5, 7, 7), 3, 2, (1, 1, 1, 1), 1),  # smaller than one block of outputs
+    ((1, 70, 3, 3), 3, 1, (1, 1, 1, 1), 1),  # many tiny planes
 ])
 @pytest.mark.parametrize("per_channel, w_zero, y_dtype", [(False, 0, np.uint8), (True, 3, np.int8)])
 def test_depthwise_matches_the_reference(x_shape, kernel, stride, pads, dilation, per_channel, w_zero, y_dtype):
@@ -94,3 +102,27 @@ def test_numba_session_picks_the_depthwise_kernel_and_matches_onnxruntime():
     assert int(np.abs(got.astype(np.int64) - want.astype(np.int64)).max()) <= LSB
     (record,) = sess.profile().records
     assert record.kernel == "qlinearconv_depthwise"
+
+
+def split_into_phases_numpy(plane, sh, sw, top, left, phase_h, phase_w, zero):
+    """The phases, read plainly: pad the plane, then phase (a, b) is ``padded[a::sh, b::sw]``."""
+    h, w = plane.shape
+    padded = np.full((phase_h * sh, phase_w * sw), zero, np.float32)
+    padded[top:top + h, left:left + w] = plane
+    return np.stack([padded[a::sh, b::sw] for a in range(sh) for b in range(sw)])
+
+
+@pytest.mark.parametrize("shape, stride, top, left", [
+    ((5, 40), 1, 1, 1), ((9, 71), 2, 1, 1), ((8, 64), 2, 0, 0), ((6, 33), 2, 2, 3), ((7, 50), 3, 1, 2),
+    ((4, 1), 2, 0, 1),
+])
+def test_split_into_phases_matches_numpy_slicing(shape, stride, top, left):
+    plane = np.random.default_rng(stride).integers(0, 256, shape, dtype=np.uint8)
+    phase_h, phase_w = -(-(shape[0] + top + 2) // stride), -(-(shape[1] + left + 2) // stride)
+    size = stride * stride * phase_h * phase_w
+    padded = np.full(size + 7, -1.0, np.float32)  # the last 7 values must stay untouched
+    padded[:size] = 120  # the caller fills the padding
+    dw.split_into_phases(plane, stride, stride, top, left, phase_h, phase_w, padded[:size])
+    want = split_into_phases_numpy(plane, stride, stride, top, left, phase_h, phase_w, 120)
+    np.testing.assert_array_equal(padded[:size].reshape(want.shape), want)  # exact: small integers in float32
+    assert np.all(padded[size:] == -1.0)

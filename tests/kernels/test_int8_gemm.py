@@ -13,6 +13,7 @@ tests see 0). gemmlowp's two roundings are allowed 1 LSB. ONNX Runtime: 1 LSB.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 
@@ -75,6 +76,29 @@ def test_requantize_rounds_half_to_even():
     q, shift = g.quantize_multiplier(np.float32(0.5))
     got = [int(g.requantize_fixed(acc, q[()], shift[()])) for acc in (-3, -1, 1, 3, 5, 2, -2)]
     assert got == [-2, 0, 0, 2, 2, 1, -1]  # -1.5, -0.5, 0.5, 1.5, 2.5 -> even; 1, -1 exact
+
+
+@numba.njit(cache=True)
+def _requantize_vector(acc, q, shift, zero, low, high):
+    """:func:`requantize_store` on 16 int32 lanes at a time, into int64 so saturation is visible."""
+    y = np.empty(acc.size, np.uint8)
+    for at in range(0, acc.size, g.LANES):
+        count = min(g.LANES, acc.size - at)
+        lanes = g.load_i32x16_first(acc, at, count)
+        g.requantize_store(y, at, count, lanes, g.splat_i64x16(q), g.splat_i64x16(shift), zero, low, high)
+    return y
+
+
+@pytest.mark.parametrize("multiplier", [0.5, 0.25, 2.0 ** -20, 3.7e-4, 0.013, 0.99, 7.25, 1e-12])
+def test_vector_requantize_equals_the_scalar_twin_bit_for_bit(multiplier):
+    q, shift = (int(v) for v in g.quantize_multiplier(np.float32(multiplier)))
+    rng = np.random.default_rng(int(multiplier * 1e6) % 1000)
+    ties = (np.arange(-40, 41) << max(shift - 1, 0)) // max(q, 1)  # near-ties of every parity
+    acc = np.concatenate([rng.integers(-2 ** 31, 2 ** 31, 400), ties, [-2 ** 31, 2 ** 31 - 1, 0, 1, -1]])
+    acc = np.clip(acc, -2 ** 31, 2 ** 31 - 1).astype(np.int32)
+    want = np.array([g.requantize_fixed(a, q, shift) for a in acc]) + 10
+    want = np.clip(want, 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(_requantize_vector(acc, q, shift, 10, 0, 255), want)  # exact: same integers
 
 
 def _qmatmul_node(a_shape, b, b_scale, b_zero, y_zero):

@@ -93,6 +93,32 @@ def test_a_choice_to_run_on_one_thread_is_cached_and_kept():
     assert numba.get_num_threads() == min(2, numba.config.NUMBA_NUM_THREADS)  # restored after the call
 
 
+def test_a_kernel_disturbed_in_its_first_rounds_gets_a_rematch_against_the_reference(monkeypatch):
+    """The kernel's first calls stall (as when a thread of a parallel kernel is preempted) for
+    over 4x the reference's time, which puts it out of the first timing; the rematch sees it
+    as it is, far faster than the (here deliberately slow) reference."""
+    from tinyinfer.ops import OPS
+
+    def slow_reference(node, x):
+        time.sleep(0.005)
+        return np.maximum(x, 0)
+
+    calls = []
+
+    def stalled_then_fast(node, x):
+        calls.append(1)
+        if len(calls) <= 3:  # the check against the reference, then two timed rounds
+            time.sleep(0.05)
+        return np.maximum(x, 0)
+
+    monkeypatch.setattr(OPS[("", "Relu")], "reference", slow_reference)
+    _register("stalled", stalled_then_fast)
+    sess = ti.InferenceSession(_relu_model(), backend="numba", threads=1)
+    x = np.linspace(-1, 1, 128, dtype=np.float32).reshape(2, 64)
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], np.maximum(x, 0))
+    assert sess.selector.log[0]["chosen"] == "stalled"
+
+
 def test_a_kernel_that_disagrees_with_the_reference_is_never_chosen():
     _register("wrong", _wrong_relu)
     sess = ti.InferenceSession(_relu_model(), backend="numba")

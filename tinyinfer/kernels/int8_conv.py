@@ -44,7 +44,8 @@ arithmetic of QLinearAdd's reference: the conv's output is never written out and
 
 The indirect kernel wins the 3x3 layers (no column matrix: 270-365 GOP/s); on a 1x1 layer
 im2col needs no copy either, and the indirect kernel pays its NHWC copy and its transposing
-store. The cost hints encode that; timed selection measures it.
+store. The cost hints encode that; timed selection measures it, and on a copy-free 1x1 layer
+of more than :data:`INDIRECT_1X1_MAX_PIXELS` pixels the indirect kernel is not a candidate.
 """
 
 from __future__ import annotations
@@ -66,6 +67,13 @@ from .registry import named, output_buffer, register_kernel, writes_into
 
 #: Output pixels per micro-tile of the indirect kernel.
 PIXELS = 8
+#: Largest image on which the indirect kernel runs a 1x1, stride-1, unpadded conv. There im2col
+#: copies nothing: on the 1x1 layers of MobileNetV2 and ResNet-50 (one thread, CPU clock,
+#: best of 9-15) it was 1.3-2.7x faster from 28x28 pixels up, as fast or up to 12% faster
+#: at 14x14, and only at 7x7 (49 pixels: the GEMM's 32-column panels a quarter empty) was
+#: the indirect kernel faster, by up to 1.3x. Not offering it on the larger images keeps a
+#: timed selection on a busy machine from ever keeping it there.
+INDIRECT_1X1_MAX_PIXELS = 64
 
 
 # ============================================================================ geometry and parameters
@@ -179,10 +187,14 @@ def _cost(node: Node, inputs: list, indirect: bool) -> float:
     if indirect:
         moved = s["c"] * s["h"] * s["w"] * NHWC_SECONDS_PER_BYTE + s["m"] * pixels * TRANSPOSED_STORE_SECONDS
     else:
-        direct = (s["kh"] == s["kw"] == s["sh"] == s["sw"] == 1 and s["top"] == s["left"] == 0
-                  and pixels == s["h"] * s["w"])
-        moved = 0.0 if direct else k * pixels * COLUMN_SECONDS_PER_BYTE
+        moved = 0.0 if image_is_columns(s) else k * pixels * COLUMN_SECONDS_PER_BYTE
     return ops / INT8_OPS_PER_SECOND + s["n"] * moved + CALL_SECONDS
+
+
+def image_is_columns(s: dict) -> bool:
+    """A 1x1 conv with stride 1 and no padding: im2col's column matrix is the image itself."""
+    return (s["kh"] == s["kw"] == s["sh"] == s["sw"] == 1 and s["top"] == s["left"] == 0
+            and (s["oh"], s["ow"]) == (s["h"], s["w"]))
 
 
 # ============================================================================ im2col + GEMM
@@ -216,11 +228,26 @@ def build_im2col(node: Node, inputs: list, outputs: list):
     w_rows = w.reshape(m, k).astype(np.int64).sum(axis=1)
     x_zero, w_zero = p["x_zero"], p["w_zero"]
     row_offset = (p["bias"] - x_zero * w_rows + k * w_zero * x_zero).astype(np.int32)
-    per_channel_zero = np.unique(w_zero).size > 1
-    direct = s["kh"] == s["kw"] == 1 and s["sh"] == s["sw"] == 1 and s["top"] == s["left"] == 0 \
-        and (s["oh"], s["ow"]) == (s["h"], s["w"])
+    symmetric, per_channel_zero = not np.any(w_zero != 0), np.unique(w_zero).size > 1
+    direct = image_is_columns(s)
     join = residual_join(node, inputs)
     dtype = output_dtype(inputs)
+    no_column_terms = np.zeros(pixels, np.int32)
+
+    def requantization(columns, z) -> Requantization:
+        """The epilogue of one image: ``-w_zp * sum(column)`` (if ``w_zp != 0``), the residual (if any)."""
+        col_offset, row_factor, col_factor = no_column_terms, None, None
+        if not symmetric:
+            sums = columns.sum(axis=0, dtype=np.int64)
+            if per_channel_zero:
+                row_factor, col_factor = (-w_zero).astype(np.int32), sums.astype(np.int32)
+            else:
+                col_offset = (-int(w_zero[0]) * sums).astype(np.int32)
+        return Requantization(row_offset, col_offset, p["q"], p["shift"], False, p["y_zero"], p["low"], p["high"],
+                              row_factor, col_factor, None if join is None else join(z))
+
+    # the common case, symmetric weights and no residual, has the same epilogue for every call
+    fixed = requantization(None, None) if symmetric and join is None else None
 
     def qlinearconv_im2col(node, x, *rest, out=None):
         x = np.ascontiguousarray(x)
@@ -232,15 +259,7 @@ def build_im2col(node: Node, inputs: list, outputs: list):
             else:
                 im2col_u8(x[b], s["kh"], s["kw"], s["sh"], s["sw"], s["dh"], s["dw"], s["top"], s["left"],
                           s["oh"], s["ow"], x_zero, columns)
-            col_offset, row_factor, col_factor = np.zeros(pixels, np.int32), None, None
-            if np.any(w_zero != 0):
-                sums = columns.sum(axis=0, dtype=np.int64)
-                if per_channel_zero:
-                    row_factor, col_factor = (-w_zero).astype(np.int32), sums.astype(np.int32)
-                else:
-                    col_offset = (-int(w_zero[0]) * sums).astype(np.int32)
-            requant = Requantization(row_offset, col_offset, p["q"], p["shift"], False, p["y_zero"], p["low"],
-                                     p["high"], row_factor, col_factor, None if join is None else join(rest[8][b]))
+            requant = fixed if fixed is not None else requantization(columns, None if join is None else rest[8][b])
             gemm_s8u8(packed, columns, requant, out=y[b].reshape(m, pixels))
         return y
 
@@ -288,7 +307,11 @@ def im2col_u8(x, kh, kw, sh, sw, dh, dw, top, left, oh, ow, zero, out):
 
 # ============================================================================ indirect convolution
 def _supports_indirect(node: Node, inputs: list) -> bool:
-    return supports_qlinearconv(node, inputs) and not np.any(np.asarray(inputs[5].const) != 0)
+    """Symmetric weights; not a copy-free 1x1 layer of more than :data:`INDIRECT_1X1_MAX_PIXELS` pixels."""
+    if not supports_qlinearconv(node, inputs) or np.any(np.asarray(inputs[5].const) != 0):
+        return False
+    s = conv2d_sizes(node, inputs[0].shape, inputs[3].const.shape)
+    return not image_is_columns(s) or s["oh"] * s["ow"] <= INDIRECT_1X1_MAX_PIXELS
 
 
 def _supports_indirect_residual(node: Node, inputs: list) -> bool:
@@ -484,11 +507,13 @@ RESNET50_LAYERS = (
 
 
 def benchmark_int8_conv(layers=RESNET50_LAYERS, repeats: int = 5, seed: int = 0, threads: int | None = None,
-                        clock: str = "wall") -> list[dict]:
-    """Milliseconds and GOP/s of the two int8 conv kernels and the float32 Conv kernels per layer.
+                        clock: str = "wall", depthwise: bool = False) -> list[dict]:
+    """Milliseconds and GOP/s of the int8 conv kernels and the float32 Conv kernels per layer.
 
     Each kernel is built through the registry on a one-node QLinearConv / Conv; the best of
     ``repeats`` runs (interleaved) is reported, ``2 M K OH OW / seconds`` for the GOP/s.
+    ``depthwise``: every layer is a depthwise conv (``group`` = channels = out channels; ``M``
+    in ``layers`` is ignored), as MobileNet's are.
     """
     from ..ir import Value
     from .registry import KERNELS
@@ -500,10 +525,11 @@ def benchmark_int8_conv(layers=RESNET50_LAYERS, repeats: int = 5, seed: int = 0,
             numba.set_num_threads(threads)
         rng = np.random.default_rng(seed)
         for c, size, m, kernel, stride, pad in layers:
-            attrs = {"auto_pad": "NOTSET", "dilations": None, "group": 1, "kernel_shape": [kernel, kernel],
+            m, group = (c, c) if depthwise else (m, 1)
+            attrs = {"auto_pad": "NOTSET", "dilations": None, "group": group, "kernel_shape": [kernel, kernel],
                      "pads": [pad] * 4, "strides": [stride, stride]}
             x8 = rng.integers(0, 256, (1, c, size, size), dtype=np.uint8)
-            w8 = rng.integers(-127, 128, (m, c, kernel, kernel), dtype=np.int8)
+            w8 = rng.integers(-127, 128, (m, c // group, kernel, kernel), dtype=np.int8)
             consts = [np.float32(0.02), np.uint8(128), w8, np.full(m, 0.01, np.float32), np.zeros(m, np.int8),
                       np.float32(0.5), np.uint8(100), rng.integers(-1000, 1000, m).astype(np.int32)]
             values = [Value("x", np.dtype(np.uint8), x8.shape)] + [
@@ -516,7 +542,7 @@ def benchmark_int8_conv(layers=RESNET50_LAYERS, repeats: int = 5, seed: int = 0,
                     fn = kern.build(qnode, values, [])
                     calls[kern.name] = (lambda fn=fn: fn(qnode, x8, *consts))
             xf = rng.standard_normal((1, c, size, size), dtype=np.float32)
-            wf = rng.standard_normal((m, c, kernel, kernel), dtype=np.float32)
+            wf = rng.standard_normal((m, c // group, kernel, kernel), dtype=np.float32)
             bf = rng.standard_normal(m, dtype=np.float32)
             fvalues = [Value("x", np.dtype(np.float32), xf.shape), Value("w", np.dtype(np.float32), wf.shape, const=wf),
                        Value("b", np.dtype(np.float32), bf.shape, const=bf)]
@@ -537,7 +563,7 @@ def benchmark_int8_conv(layers=RESNET50_LAYERS, repeats: int = 5, seed: int = 0,
                     call()
                     times[name].append(now() - start)
             out = (size + 2 * pad - kernel) // stride + 1
-            ops = 2.0 * m * c * kernel * kernel * out * out
+            ops = 2.0 * m * (c // group) * kernel * kernel * out * out
             row = {"layer": f"{c}x{size}x{size} -> {m}, {kernel}x{kernel}/{stride}"}
             for name, seconds in times.items():
                 row[f"{name}_ms"] = min(seconds) * 1e3

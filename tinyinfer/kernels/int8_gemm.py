@@ -422,8 +422,13 @@ def add_i32x16(typingctx, x, y):
 def requantize_store(typingctx, y, index, count, acc, q, shift, zero, low, high):
     """``y[index:index+count] = clamp(round_half_even(acc * q >> shift) + zero, low, high)`` as bytes.
 
-    16 lanes at once: the products in int64 (``vpmullq``), the shift and the rounding
-    (:func:`requantize_fixed`'s arithmetic) lane by lane, a masked byte store of ``count`` lanes.
+    16 lanes at once: the products in int64 — ``q < 2**31`` is an int32 too, so a widening
+    32 x 32 -> 64-bit multiply does (``vpmuldq``, one instruction, where an int64 product
+    takes three) — then :func:`requantize_fixed`'s rounding without a branch: with
+    ``P = acc * q`` and ``s = shift``, ``round_half_even(P / 2**s) = (P + 2**(s-1) - 1 + odd) >> s``
+    where ``odd`` is the lowest bit of ``P >> s`` (a remainder above one half carries, one below
+    does not, exactly one half carries when the quotient is odd). No overflow: ``|P| < 2**62``
+    and ``2**(s-1) <= 2**62``. Last, a masked byte store of ``count`` lanes.
     """
 
     def codegen(context, builder, signature, args):
@@ -431,15 +436,12 @@ def requantize_store(typingctx, y, index, count, acc, q, shift, zero, low, high)
         pointer = _element_pointer(context, builder, signature.args[0], y_arg, index)
         wide = [_splat(builder, context.cast(builder, value, ty, types.int64), _V64)
                 for value, ty in zip((zero, low, high), signature.args[6:9])]
-        product = builder.mul(builder.sext(acc, _V64), q)
-        result = builder.ashr(product, shift)
-        rest = builder.sub(product, builder.shl(result, shift))
+        product = builder.mul(builder.sext(acc, _V64), builder.sext(builder.trunc(q, _V32), _V64))
         one = llvm_ir.Constant(_V64, [1] * LANES)
-        half = builder.shl(one, builder.sub(shift, one))
-        odd = builder.icmp_signed("!=", builder.and_(result, one), llvm_ir.Constant(_V64, None))
-        up = builder.or_(builder.icmp_signed(">", rest, half),
-                         builder.and_(builder.icmp_signed("==", rest, half), odd))
-        result = builder.add(builder.add(result, builder.zext(up, _V64)), wide[0])
+        below_half = builder.sub(builder.shl(one, builder.sub(shift, one)), one)
+        odd = builder.and_(builder.ashr(product, shift), one)
+        result = builder.ashr(builder.add(builder.add(product, below_half), odd), shift)
+        result = builder.add(result, wide[0])
         result = builder.select(builder.icmp_signed("<", result, wide[1]), wide[1], result)
         result = builder.select(builder.icmp_signed(">", result, wide[2]), wide[2], result)
         vector8 = llvm_ir.VectorType(llvm_ir.IntType(8), LANES)
@@ -453,18 +455,23 @@ def requantize_store(typingctx, y, index, count, acc, q, shift, zero, low, high)
     return types.none(y, index, count, i32x16, i64x16, i64x16, zero, low, high), codegen
 
 
+def _masked_store_first(context, builder, signature, args, vector_type, name):
+    """``array[index:index+count] = value[:count]`` (``args``: array, index, value, count), 4-byte lanes."""
+    pointer = builder.bitcast(_element_pointer(context, builder, signature.args[0], args[0], args[1]),
+                              vector_type.as_pointer())
+    store = cgutils.get_or_insert_function(
+        builder.module, llvm_ir.FunctionType(llvm_ir.VoidType(), [vector_type, vector_type.as_pointer(), _I32, _MASK]),
+        f"llvm.masked.store.v{LANES}{name}.p0")
+    builder.call(store, [args[2], pointer, llvm_ir.Constant(_I32, 4), _first_lanes(builder, args[3])])
+    return context.get_dummy_value()
+
+
 @intrinsic
 def store_i32x16_first(typingctx, array, index, value, count):
     """``array[index:index+count] = value[:count]`` for an int32 array (masked)."""
 
     def codegen(context, builder, signature, args):
-        pointer = builder.bitcast(_element_pointer(context, builder, signature.args[0], args[0], args[1]),
-                                  _V32.as_pointer())
-        store = cgutils.get_or_insert_function(
-            builder.module, llvm_ir.FunctionType(llvm_ir.VoidType(), [_V32, _V32.as_pointer(), _I32, _MASK]),
-            f"llvm.masked.store.v{LANES}i32.p0")
-        builder.call(store, [args[2], pointer, llvm_ir.Constant(_I32, 4), _first_lanes(builder, args[3])])
-        return context.get_dummy_value()
+        return _masked_store_first(context, builder, signature, args, _V32, "i32")
 
     return types.none(array, index, i32x16, count), codegen
 
@@ -550,6 +557,16 @@ def load_f32x16(typingctx, array, index):
         return builder.load(builder.bitcast(pointer, _VF.as_pointer()), align=4)
 
     return f32x16(array, index), codegen
+
+
+@intrinsic
+def store_f32x16_first(typingctx, array, index, value, count):
+    """``array[index:index+count] = value[:count]`` for a float32 array (masked)."""
+
+    def codegen(context, builder, signature, args):
+        return _masked_store_first(context, builder, signature, args, _VF, "f32")
+
+    return types.none(array, index, f32x16, count), codegen
 
 
 @intrinsic
