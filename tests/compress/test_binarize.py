@@ -25,7 +25,7 @@ def split():
 
 @pytest.fixture(scope="module")
 def trained(split):
-    # Three epochs (about 5 s) already clear the 90 % target; the chapter trains six.
+    # Three epochs (about 5 s) already clear the 90 % target; the chapter trains four.
     return train_binarized(split, epochs=3, seed=0)
 
 
