@@ -91,6 +91,19 @@ def test_im2col_handles_nonzero_weight_zero_points_and_the_indirect_kernel_decli
     check(ic.build_im2col, node, values, arrays)
 
 
+@pytest.mark.parametrize("x_shape, kernel, pads, w_zero", [
+    ((5, 6, 4, 4), (3, 3), (1, 1, 1, 1), 0),   # small images: the whole batch is one GEMM
+    ((3, 8, 5, 5), (1, 1), (0, 0, 0, 0), 0),   # ... a copy-free 1x1 conv too
+    ((4, 5, 6, 6), (3, 3), (1, 1, 1, 1), 3),   # ... and weight zero points (per-column sums)
+    ((2, 3, 17, 16), (3, 3), (1, 1, 1, 1), 0),  # 272 pixels: one GEMM per image
+])
+def test_im2col_over_a_batch_matches_the_reference(x_shape, kernel, pads, w_zero):
+    node, values, arrays = make_qconv(x_shape, 12, kernel, pads=pads, w_zero=w_zero, per_channel=True, seed=7)
+    s = ic.conv2d_sizes(node, x_shape, arrays[3].shape)
+    assert ic.batched(s) == (s["oh"] * s["ow"] <= ic.BATCHED_BELOW_PIXELS)
+    check(ic.build_im2col, node, values, arrays)
+
+
 def test_indirect_kernel_leaves_large_copy_free_1x1_layers_to_im2col():
     large = make_qconv((1, 8, 9, 9), 16, (1, 1))  # 81 pixels: the image is im2col's column matrix
     small = make_qconv((1, 8, 7, 7), 16, (1, 1))

@@ -74,6 +74,11 @@ PIXELS = 8
 #: the indirect kernel faster, by up to 1.3x. Not offering it on the larger images keeps a
 #: timed selection on a busy machine from ever keeping it there.
 INDIRECT_1X1_MAX_PIXELS = 64
+#: Images of at most this many output pixels are convolved as one batch by the im2col kernel:
+#: the whole batch's columns side by side make one GEMM wide enough for its 32-column panels,
+#: and one call replaces one per image. (The digits CNN at batch 64 has 8x8 and 4x4 images:
+#: 64 separate GEMMs of 16-64 columns spent more time launching than multiplying.)
+BATCHED_BELOW_PIXELS = 256
 
 
 # ============================================================================ geometry and parameters
@@ -188,7 +193,13 @@ def _cost(node: Node, inputs: list, indirect: bool) -> float:
         moved = s["c"] * s["h"] * s["w"] * NHWC_SECONDS_PER_BYTE + s["m"] * pixels * TRANSPOSED_STORE_SECONDS
     else:
         moved = 0.0 if image_is_columns(s) else k * pixels * COLUMN_SECONDS_PER_BYTE
-    return ops / INT8_OPS_PER_SECOND + s["n"] * moved + CALL_SECONDS
+    calls = 1 if not indirect and batched(s) else s["n"]
+    return ops / INT8_OPS_PER_SECOND + s["n"] * moved + calls * CALL_SECONDS
+
+
+def batched(s: dict) -> bool:
+    """Whether the im2col kernel convolves the whole batch in one GEMM (small images, batch > 1)."""
+    return s["n"] > 1 and s["oh"] * s["ow"] <= BATCHED_BELOW_PIXELS
 
 
 def image_is_columns(s: dict) -> bool:
@@ -229,13 +240,15 @@ def build_im2col(node: Node, inputs: list, outputs: list):
     x_zero, w_zero = p["x_zero"], p["w_zero"]
     row_offset = (p["bias"] - x_zero * w_rows + k * w_zero * x_zero).astype(np.int32)
     symmetric, per_channel_zero = not np.any(w_zero != 0), np.unique(w_zero).size > 1
-    direct = image_is_columns(s)
     join = residual_join(node, inputs)
+    whole_batch = batched(s) and join is None
+    direct = image_is_columns(s) and not whole_batch
+    width = s["n"] * pixels if whole_batch else pixels  # columns of one GEMM
     dtype = output_dtype(inputs)
-    no_column_terms = np.zeros(pixels, np.int32)
+    no_column_terms = np.zeros(width, np.int32)
 
     def requantization(columns, z) -> Requantization:
-        """The epilogue of one image: ``-w_zp * sum(column)`` (if ``w_zp != 0``), the residual (if any)."""
+        """The epilogue of one GEMM: ``-w_zp * sum(column)`` (if ``w_zp != 0``), the residual (if any)."""
         col_offset, row_factor, col_factor = no_column_terms, None, None
         if not symmetric:
             sums = columns.sum(axis=0, dtype=np.int64)
@@ -248,17 +261,23 @@ def build_im2col(node: Node, inputs: list, outputs: list):
 
     # the common case, symmetric weights and no residual, has the same epilogue for every call
     fixed = requantization(None, None) if symmetric and join is None else None
+    geometry = (s["kh"], s["kw"], s["sh"], s["sw"], s["dh"], s["dw"], s["top"], s["left"], s["oh"], s["ow"], x_zero)
 
     def qlinearconv_im2col(node, x, *rest, out=None):
         x = np.ascontiguousarray(x)
         y = output_buffer(out, (s["n"], m, s["oh"], s["ow"]), dtype)
-        columns = None if direct else _scratch("columns", np.uint8, k * pixels).reshape(k, pixels)
+        columns = None if direct else _scratch("columns", np.uint8, k * width).reshape(k, width)
+        if whole_batch:  # columns [K, N * pixels] -> product [M, N * pixels] -> y [N, M, pixels]
+            im2col_u8(x, *geometry, columns)
+            product = _scratch("batch_product", np.uint8, m * width).reshape(m, width)
+            gemm_s8u8(packed, columns, fixed if fixed is not None else requantization(columns, None), out=product)
+            y.reshape(s["n"], m, pixels).view(np.uint8)[...] = product.reshape(m, s["n"], pixels).transpose(1, 0, 2)
+            return y
         for b in range(s["n"]):
             if direct:
                 columns = x[b].reshape(k, pixels)
             else:
-                im2col_u8(x[b], s["kh"], s["kw"], s["sh"], s["sw"], s["dh"], s["dw"], s["top"], s["left"],
-                          s["oh"], s["ow"], x_zero, columns)
+                im2col_u8(x[b:b + 1], *geometry, columns)
             requant = fixed if fixed is not None else requantization(columns, None if join is None else rest[8][b])
             gemm_s8u8(packed, columns, requant, out=y[b].reshape(m, pixels))
         return y
@@ -268,41 +287,44 @@ def build_im2col(node: Node, inputs: list, outputs: list):
 
 @numba.njit(cache=True, parallel=True)
 def im2col_u8(x, kh, kw, sh, sw, dh, dw, top, left, oh, ow, zero, out):
-    """Receptive fields of one uint8 image (C x H x W) as columns: ``out[(c, i, j), (oy, ox)]``; padding = ``zero``.
+    """Receptive fields of uint8 images (N x C x H x W) as columns: ``out[(c, i, j), (n, oy, ox)]``;
+    padding = ``zero``. Image ``n``'s ``oh * ow`` columns follow image ``n - 1``'s.
 
     Each column-matrix row is built output row by output row: the pixels left of the image,
     the run inside it (a strided copy), the pixels right of it. Indices are unsigned, so the
     copies vectorise (Numba checks signed indices for negative values).
     """
-    channels, height, width = x.shape
+    images, channels, height, width = x.shape
     source = x.reshape(-1)
     target = out.reshape(-1)
+    pixels = oh * ow
     for row in numba.prange(channels * kh * kw):
         c, tap = row // (kh * kw), row % (kh * kw)
         i, j = tap // kw, tap % kw
         shift = j * dw - left  # input column of output column ox: ox * sw + shift
         first = min(ow, max(0, (-shift + sw - 1) // sw))  # first ox inside the image
         last = max(first, min(ow, (width - 1 - shift) // sw + 1 if width - 1 - shift >= 0 else 0))
-        for oy in range(oh):
-            iy = oy * sh - top + i * dh
-            at = np.uint64(row * oh * ow + oy * ow)
-            if iy < 0 or iy >= height:
-                for ox in range(np.uint64(ow)):
+        for n in range(images):
+            for oy in range(oh):
+                iy = oy * sh - top + i * dh
+                at = np.uint64((row * images + n) * pixels + oy * ow)
+                if iy < 0 or iy >= height:
+                    for ox in range(np.uint64(ow)):
+                        target[at + ox] = zero
+                    continue
+                for ox in range(np.uint64(first)):
                     target[at + ox] = zero
-                continue
-            for ox in range(np.uint64(first)):
-                target[at + ox] = zero
-            base = np.uint64((c * height + iy) * width + first * sw + shift)
-            step = np.uint64(sw)
-            begin = np.uint64(first)
-            if sw == 1:
-                for k in range(np.uint64(last - first)):
-                    target[at + begin + k] = source[base + k]
-            else:
-                for k in range(np.uint64(last - first)):
-                    target[at + begin + k] = source[base + k * step]
-            for ox in range(np.uint64(last), np.uint64(ow)):
-                target[at + ox] = zero
+                base = np.uint64(((n * channels + c) * height + iy) * width + first * sw + shift)
+                step = np.uint64(sw)
+                begin = np.uint64(first)
+                if sw == 1:
+                    for k in range(np.uint64(last - first)):
+                        target[at + begin + k] = source[base + k]
+                else:
+                    for k in range(np.uint64(last - first)):
+                        target[at + begin + k] = source[base + k * step]
+                for ox in range(np.uint64(last), np.uint64(ow)):
+                    target[at + ox] = zero
 
 
 # ============================================================================ indirect convolution
