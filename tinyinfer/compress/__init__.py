@@ -17,6 +17,7 @@ The modules, in the order the chapter builds them:
 * :mod:`.qdq` — whether a model is quantized, and its float twin;
 * :mod:`.prune` — magnitude and channel pruning (the graph physically shrinks);
 * :mod:`.cluster` — weight sharing by k-means and Deep Compression's size table;
+* :mod:`.centroids` — trained quantization: fine-tuning the shared centroids;
 * :mod:`.finetune`, :mod:`.distill` — pruning with fine-tuning (gradual, one-shot, channels,
   network slimming) and knowledge distillation, on the trainer below;
 * :mod:`.qat` — quantization-aware training (straight-through estimator, learned step size)
@@ -41,6 +42,7 @@ from .finetune import (GradualPruningTrainer, MaskedTrainer, Recipe, SlimmingTra
                        prune_channels_and_finetune, prune_gradually, prune_once_and_finetune, train_slimming)
 from .distill import DistillationTrainer, distillation_loss, distillation_study
 from .qat import QuantizationAwareTrainer, compare_with_ptq, prepare_qat, quantize_aware_train
+from .centroids import CentroidTrainer, finetune_centroids
 from .binarize import BinarizedResult, BinarizedTrainer, binarized_accuracy, binarized_digits_cnn, train_binarized
 
 __all__ = [
@@ -53,5 +55,6 @@ __all__ = [
     "prune_once_and_finetune", "prune_channels_and_finetune", "train_slimming",
     "DistillationTrainer", "distillation_loss", "distillation_study",
     "quantize_aware_train", "prepare_qat", "QuantizationAwareTrainer", "compare_with_ptq",
+    "CentroidTrainer", "finetune_centroids",
     "train_binarized", "binarized_accuracy", "BinarizedResult", "BinarizedTrainer", "binarized_digits_cnn",
 ]

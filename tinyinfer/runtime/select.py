@@ -45,7 +45,7 @@ REFERENCE_MARGIN = 1.2
 ONE_THREAD_BELOW_MS = 1.0
 ONE_THREAD = "@1"
 #: Part of every cache key: raised when kernels change enough that old choices are stale.
-CHOICE_VERSION = 5
+CHOICE_VERSION = 6
 
 
 def cache_dir() -> Path:
