@@ -14,6 +14,14 @@ graph cleanup) then ``quantize_static`` with ``QuantFormat.QDQ``, ``per_channel=
 uint8 activations and int8 weights (U8S8), MinMax calibration — the same types tinyinfer
 writes. Both see the same opset-17 fp32 model and the same calibration feeds.
 
+ONNX Runtime's quantizer gets two rows. The first is its default, which also quantizes
+Softmax and Sigmoid; tinyinfer keeps both in float (:data:`~.ptq.FLOAT_REASONS`). That matters
+more than it seems: ONNX Runtime gives a Softmax output the fixed range [0, 1], a step of
+1/255, and a network whose probabilities are all close to 1/1000 (any random-weight classifier)
+then outputs mostly zeros, an SNR near 0 dB that says nothing about its convolutions. The
+second row, ``onnxruntime (minmax, Softmax/Sigmoid in float)``, leaves exactly those op types
+out (``op_types_to_quantize``), so both quantizers cover the same ops.
+
     rows = compare_with_onnxruntime(["light:squeezenet", "light:resnet50"], 16)
     print(format_table(rows))
 
@@ -38,7 +46,14 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import onnx
 
+from ..runtime.bench import _ort_session
 from .ptq import ListDataReader, quantize_static, random_normal_reader
+
+#: Op types ONNX Runtime's quantizer quantizes by default and tinyinfer keeps in float: their
+#: exponentials need float precision, and Softmax's output gets a fixed 1/255 step.
+ORT_FLOAT_OPS = ("Softmax", "Sigmoid")
+ORT_DEFAULT = "onnxruntime (minmax)"
+ORT_SAME_OPS = "onnxruntime (minmax, Softmax/Sigmoid in float)"
 
 
 @dataclasses.dataclass
@@ -78,7 +93,7 @@ def compare_with_onnxruntime(
     the number of random-normal calibration samples (seed 0), or a list of feed dicts used for
     every model. ``configurations``: keyword sets for :func:`quantize_static` (default:
     per-channel with each of minmax, percentile, mse, entropy and the other options at their
-    defaults), each giving one tinyinfer row.
+    defaults), each giving one tinyinfer row after ONNX Runtime's two rows.
     Held-out inputs are ``eval_samples`` random-normal feeds (seed 1).
     """
     configurations = list(configurations or [{"method": m} for m in ("minmax", "percentile", "mse", "entropy")])
@@ -90,7 +105,7 @@ def compare_with_onnxruntime(
             name, model = load_model(spec)
             data = _random_data(model, calib, eval_samples)
             bench = _Bench(folder, name, data, repeats, tinyinfer_backend, threads)
-            rows.append(bench.onnxruntime_row(model))
+            rows.extend(bench.onnxruntime_rows(model))
             for options in configurations:
                 rows.append(bench.tinyinfer_row(model, options, progress)[0])
     return rows
@@ -143,7 +158,8 @@ def compare_models(
     threads: int = 2,
     on_result: Callable[[ModelComparison], None] | None = None,
 ) -> list[ModelComparison]:
-    """The side-by-side table over many models: fp32, ONNX Runtime's quantizer, tinyinfer's.
+    """The side-by-side table over many models: fp32, ONNX Runtime's quantizer (as it comes and
+    with :data:`ORT_FLOAT_OPS` in float), tinyinfer's.
 
     ``options`` are :func:`quantize_static` keywords for tinyinfer's row (default: its own
     defaults). A model either quantizer or runtime cannot handle is kept with ``skipped``
@@ -161,7 +177,7 @@ def compare_models(
                 data = _digits_data() if spec == "digits" else _random_data(model, calib_samples, eval_samples)
                 bench = _Bench(folder, name, data, repeats, tinyinfer_backend, threads)
                 result.rows.append(bench.fp32_row(model))
-                result.rows.append(bench.onnxruntime_row(model))
+                result.rows.extend(bench.onnxruntime_rows(model))
                 row, report = bench.tinyinfer_row(model, options or {}, False)
                 result.rows.append(row)
                 result.kept_float = {op: report.reasons.get(op, "") for op in sorted(report.kept_float)}
@@ -286,11 +302,20 @@ class _Bench:
         self._save_fp32(model)
         return self._measure("fp32", self.fp32_path, compare=False)
 
-    def onnxruntime_row(self, model: onnx.ModelProto) -> ComparisonRow:
+    def onnxruntime_rows(self, model: onnx.ModelProto) -> list[ComparisonRow]:
+        """ONNX Runtime's quantizer with its default op types, then without :data:`ORT_FLOAT_OPS`
+        (the same file, measured once, when the model has none of them)."""
         self._save_fp32(model)
-        path = self.folder / f"{self.name}_ort.onnx"
-        _quantize_with_onnxruntime(self.fp32_path, path, self.data.calibration, self.folder)
-        return self._measure("onnxruntime (minmax)", path)
+        prepared = _prepare_for_onnxruntime(self.fp32_path, self.folder)
+        rows = []
+        for label, keep_float in ((ORT_DEFAULT, ()), (ORT_SAME_OPS, ORT_FLOAT_OPS)):
+            if keep_float and not any(node.op_type in keep_float for node in model.graph.node):
+                rows.append(dataclasses.replace(rows[0], quantizer=label))
+                continue
+            path = self.folder / f"{self.name}_ort{'_'.join(('', *keep_float))}.onnx"
+            _quantize_with_onnxruntime(prepared, path, self.data.calibration, keep_float)
+            rows.append(self._measure(label, path))
+        return rows
 
     def tinyinfer_row(self, model: onnx.ModelProto, options: dict, progress: bool):
         self._save_fp32(model)
@@ -309,7 +334,7 @@ class _Bench:
         from ..runtime import InferenceSession
 
         data, labels = self.data, self.data.labels
-        session = _ort_session(str(path), self.threads)
+        session = _ort_session(path, self.threads)
         theirs = [session.run(None, f)[0] for f in data.held_out]
         latency_ort = _median_ms(lambda: session.run(None, data.timed), self.repeats)
         engine = InferenceSession(str(path), backend=self.backend, threads=self.threads)
@@ -328,9 +353,20 @@ def _top1(outputs: list[np.ndarray], labels: np.ndarray) -> float:
     return float(np.mean(predicted == labels))
 
 
-def _quantize_with_onnxruntime(fp32_path: Path, out_path: Path, feeds: list[dict], folder: Path) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static as ort_static
+def _prepare_for_onnxruntime(fp32_path: Path, folder: Path) -> Path:
+    """ONNX Runtime's documented preprocessing (shape inference, BatchNorm folding) of the fp32 file."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = folder / f"{fp32_path.stem}_ort_pre.onnx"
+    quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+    return prepared
+
+
+def _quantize_with_onnxruntime(prepared: Path, out_path: Path, feeds: list[dict], keep_float: Iterable[str] = ()) -> None:
+    """ONNX Runtime's QDQ U8S8 per-channel MinMax quantizer; ``keep_float`` op types are left out
+    of its default op types (those of its QLinear and QDQ registries, as its quantize_static takes)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static as ort_static
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -339,20 +375,9 @@ def _quantize_with_onnxruntime(fp32_path: Path, out_path: Path, feeds: list[dict
         def get_next(self):
             return next(self.iterator, None)
 
-    prepared = folder / f"{fp32_path.stem}_ort_pre.onnx"
-    quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+    op_types = sorted((set(QLinearOpsRegistry) | set(QDQRegistry)) - set(keep_float)) if keep_float else None
     ort_static(str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-               activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-
-
-def _ort_session(path: str, threads: int = 0):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+               activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=op_types)
 
 
 def _run_ort(path: str, feeds: list[dict], threads: int = 0) -> list[np.ndarray]:

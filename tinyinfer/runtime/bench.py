@@ -235,8 +235,8 @@ def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 def _ort_session(model, threads: int, *, profile_prefix: str | None = None):
     """An ONNX Runtime CPU session with ``threads`` intra-op threads (0: its default) and,
     when a count is given, one inter-op thread: the graph's nodes run one after another, as
-    tinyinfer runs them, each using ``threads`` cores. ``model`` is a ModelProto or its bytes;
-    with ``profile_prefix`` ONNX Runtime traces every node run into a JSON file there."""
+    tinyinfer runs them, each using ``threads`` cores. ``model`` is a ModelProto, its bytes or
+    a file path; with ``profile_prefix`` ONNX Runtime traces every node run into a JSON file there."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -248,7 +248,10 @@ def _ort_session(model, threads: int, *, profile_prefix: str | None = None):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    data = model if isinstance(model, bytes) else model.SerializeToString()
+    if isinstance(model, (str, os.PathLike)):
+        data = os.fspath(model)
+    else:
+        data = model if isinstance(model, bytes) else model.SerializeToString()
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
