@@ -185,3 +185,11 @@ def test_dispatch_benchmark_runs():
         assert numbers["planned_nodes"] == 6 and numbers["run_us"] > 0
     assert result["direct_us"] > 0
     assert "us per node" in microbench.format_dispatch(result)
+
+
+def test_time_pair_calls_the_two_in_turn_and_times_each():
+    calls = []
+    first, second = (lambda: calls.append("a")), (lambda: calls.append("b"))
+    ours, theirs = bench.time_pair(first, second, repeat=3, warmup=1, budget_s=60.0)
+    assert calls == ["a", "b"] * 4  # one warm-up pair, then three timed pairs
+    assert len(ours) == len(theirs) == 3 and min(ours + theirs) >= 0.0

@@ -131,6 +131,28 @@ def time_calls(fn: Callable[[], Any], *, repeat: int, warmup: int, budget_s: flo
     return times
 
 
+def time_pair(first: Callable[[], Any], second: Callable[[], Any], *, repeat: int, warmup: int, budget_s: float,
+              progress=None, desc="") -> tuple[list[float], list[float]]:
+    """:func:`time_calls` for two functions called in turn (first, second, first, ...).
+
+    Their ratio is what a comparison wants (int8 vs its float twin), and on a shared machine
+    a burst of other work then slows both alike instead of only the one timed during it."""
+    for _ in range(warmup):
+        first()
+        second()
+    times: tuple[list[float], list[float]] = ([], [])
+    started = time.perf_counter()
+    iterator = range(max(repeat, 1)) if progress is None else progress(range(max(repeat, 1)), desc)
+    for _ in iterator:
+        for fn, into in zip((first, second), times):
+            t0 = time.perf_counter()
+            fn()
+            into.append((time.perf_counter() - t0) * 1e3)
+        if time.perf_counter() - started > budget_s:
+            break
+    return times
+
+
 def blas_info() -> str:
     """Which BLAS NumPy's matmul runs on (threadpoolctl), e.g. 'openblas 0.3.27 (numpy.libs, Zen, 2 threads)'.
 
@@ -172,7 +194,8 @@ def benchmark_model(
 
     A quantized (QDQ) model is also timed as its float twin (:func:`tinyinfer.compress.qdq.float_twin`:
     the same weights, dequantized, and no activation quantization) on tinyinfer's Numba path and
-    ONNX Runtime, so the report shows what int8 buys on each engine.
+    ONNX Runtime, so the report shows what int8 buys on each engine; the two are called in turn
+    (:func:`time_pair`), so load on the machine cannot favour one of them.
     """
     import onnx
 
@@ -187,10 +210,17 @@ def benchmark_model(
     feeds = random_feeds(session.get_inputs(), seed=seed, dims=dims)
     expected = session.run(None, feeds)
 
-    def timed(label: str, run: Callable[[], Any], note: str = "", first: Any = None) -> EngineResult:
-        got = run() if first is None else first
-        return EngineResult(label, time_calls(run, repeat=repeat, warmup=warmup, budget_s=budget_s, progress=progress,
-                                              desc=label), max_abs_diff=_max_diff(expected, got), note=note)
+    def timed(label: str, run: Callable[[], Any], twin: tuple[str, Callable[[], Any]] | None = None
+              ) -> list[EngineResult]:
+        """The engine's result; with ``twin`` (label, run) also the float twin's, timed in turn with it."""
+        if twin is None:
+            return [EngineResult(label, time_calls(run, repeat=repeat, warmup=warmup, budget_s=budget_s,
+                                                   progress=progress, desc=label), max_abs_diff=_max_diff(expected, run()))]
+        twin_label, twin_run = twin
+        ours, theirs = time_pair(run, twin_run, repeat=repeat, warmup=warmup, budget_s=budget_s, progress=progress,
+                                 desc=label)
+        return [EngineResult(label, ours, max_abs_diff=_max_diff(expected, run())),
+                EngineResult(twin_label, theirs, max_abs_diff=_max_diff(expected, twin_run()), note="QDQ removed")]
 
     results = [EngineResult("tinyinfer (reference)",
                             time_calls(lambda: session.run(None, feeds), repeat=repeat, warmup=warmup, budget_s=budget_s,
@@ -198,20 +228,19 @@ def benchmark_model(
     twin = float_twin(proto) if is_qdq_model(proto) else None
     if numba:
         fast = InferenceSession(graph, backend="numba", threads=threads or None)
-        results.append(timed("tinyinfer (numba)", lambda: fast.run(None, feeds)))
-        if twin is not None:
-            fast_twin = InferenceSession(twin, backend="numba", threads=threads or None)
-            results.append(timed("tinyinfer fp32 twin (numba)", lambda: fast_twin.run(None, feeds), "QDQ removed"))
+        fast_twin = None if twin is None else InferenceSession(twin, backend="numba", threads=threads or None)
+        results += timed("tinyinfer (numba)", lambda: fast.run(None, feeds),
+                         None if fast_twin is None
+                         else ("tinyinfer fp32 twin (numba)", lambda: fast_twin.run(None, feeds)))
     try:
         import onnxruntime as ort
     except ImportError:
         results.append(EngineResult("onnxruntime", [], note="not installed (pip install tinyinfer[dev])"))
     else:
         ort_session = _ort_session(proto, threads)
-        results.append(timed(f"onnxruntime {ort.__version__}", lambda: ort_session.run(None, feeds)))
-        if twin is not None:
-            ort_twin = _ort_session(twin, threads)
-            results.append(timed("onnxruntime fp32 twin", lambda: ort_twin.run(None, feeds), "QDQ removed"))
+        ort_twin = None if twin is None else _ort_session(twin, threads)
+        results += timed(f"onnxruntime {ort.__version__}", lambda: ort_session.run(None, feeds),
+                         None if ort_twin is None else ("onnxruntime fp32 twin", lambda: ort_twin.run(None, feeds)))
     if onnx_reference:
         from onnx.reference import ReferenceEvaluator
 
