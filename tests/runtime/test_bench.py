@@ -187,9 +187,9 @@ def test_dispatch_benchmark_runs():
     assert "us per node" in microbench.format_dispatch(result)
 
 
-def test_time_pair_calls_the_two_in_turn_and_times_each():
+def test_time_in_turn_calls_the_two_in_turn_and_times_each():
     calls = []
     first, second = (lambda: calls.append("a")), (lambda: calls.append("b"))
-    ours, theirs = bench.time_pair(first, second, repeat=3, warmup=1, budget_s=60.0)
+    ours, theirs = bench.time_in_turn([first, second], repeat=3, warmup=1, budget_s=60.0)
     assert calls == ["a", "b"] * 4  # one warm-up pair, then three timed pairs
     assert len(ours) == len(theirs) == 3 and min(ours + theirs) >= 0.0

@@ -117,34 +117,24 @@ class BenchReport:
 def time_calls(fn: Callable[[], Any], *, repeat: int, warmup: int, budget_s: float, progress=None, desc="") -> list[float]:
     """Milliseconds of ``repeat`` calls after ``warmup`` calls, stopping early past the budget
     (at least one call is timed)."""
+    return time_in_turn([fn], repeat=repeat, warmup=warmup, budget_s=budget_s, progress=progress, desc=desc)[0]
+
+
+def time_in_turn(fns: Sequence[Callable[[], Any]], *, repeat: int, warmup: int, budget_s: float, progress=None,
+                 desc="") -> list[list[float]]:
+    """:func:`time_calls` for several functions called in turn (first, second, ..., first, ...):
+    each one's milliseconds.
+
+    With two, their ratio is what a comparison wants (int8 vs its float twin), and on a shared
+    machine a burst of other work then slows both alike instead of only the one timed during it."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     started = time.perf_counter()
     iterator = range(max(repeat, 1)) if progress is None else progress(range(max(repeat, 1)), desc)
     for _ in iterator:
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-        if time.perf_counter() - started > budget_s:
-            break
-    return times
-
-
-def time_pair(first: Callable[[], Any], second: Callable[[], Any], *, repeat: int, warmup: int, budget_s: float,
-              progress=None, desc="") -> tuple[list[float], list[float]]:
-    """:func:`time_calls` for two functions called in turn (first, second, first, ...).
-
-    Their ratio is what a comparison wants (int8 vs its float twin), and on a shared machine
-    a burst of other work then slows both alike instead of only the one timed during it."""
-    for _ in range(warmup):
-        first()
-        second()
-    times: tuple[list[float], list[float]] = ([], [])
-    started = time.perf_counter()
-    iterator = range(max(repeat, 1)) if progress is None else progress(range(max(repeat, 1)), desc)
-    for _ in iterator:
-        for fn, into in zip((first, second), times):
+        for fn, into in zip(fns, times):
             t0 = time.perf_counter()
             fn()
             into.append((time.perf_counter() - t0) * 1e3)
@@ -195,7 +185,7 @@ def benchmark_model(
     A quantized (QDQ) model is also timed as its float twin (:func:`tinyinfer.compress.qdq.float_twin`:
     the same weights, dequantized, and no activation quantization) on tinyinfer's Numba path and
     ONNX Runtime, so the report shows what int8 buys on each engine; the two are called in turn
-    (:func:`time_pair`), so load on the machine cannot favour one of them.
+    (:func:`time_in_turn`), so load on the machine cannot favour one of them.
     """
     import onnx
 
@@ -213,14 +203,11 @@ def benchmark_model(
     def timed(label: str, run: Callable[[], Any], twin: tuple[str, Callable[[], Any]] | None = None
               ) -> list[EngineResult]:
         """The engine's result; with ``twin`` (label, run) also the float twin's, timed in turn with it."""
-        if twin is None:
-            return [EngineResult(label, time_calls(run, repeat=repeat, warmup=warmup, budget_s=budget_s,
-                                                   progress=progress, desc=label), max_abs_diff=_max_diff(expected, run()))]
-        twin_label, twin_run = twin
-        ours, theirs = time_pair(run, twin_run, repeat=repeat, warmup=warmup, budget_s=budget_s, progress=progress,
-                                 desc=label)
-        return [EngineResult(label, ours, max_abs_diff=_max_diff(expected, run())),
-                EngineResult(twin_label, theirs, max_abs_diff=_max_diff(expected, twin_run()), note="QDQ removed")]
+        engines = [(label, run, "")] + ([] if twin is None else [(*twin, "QDQ removed")])
+        times = time_in_turn([call for _, call, _ in engines], repeat=repeat, warmup=warmup, budget_s=budget_s,
+                             progress=progress, desc=label)
+        return [EngineResult(name, ms, max_abs_diff=_max_diff(expected, call()), note=note)
+                for (name, call, note), ms in zip(engines, times)]
 
     results = [EngineResult("tinyinfer (reference)",
                             time_calls(lambda: session.run(None, feeds), repeat=repeat, warmup=warmup, budget_s=budget_s,
